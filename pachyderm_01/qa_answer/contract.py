@@ -1,0 +1,159 @@
+"""The answers-file contract between image 1 (producer) and image 2 (loader).
+
+The producer owns it; the loader imports only this module (standard library only, never torch).
+Layout under the answering pipeline's output (Pachyderm SQL egress style: folder = table)::
+
+    answers/<rel>.csv   one row per answered input row   (ANSWER_COLUMNS)
+    rejected/<rel>.csv  one row per row that could not be answered (REJECTED_COLUMNS)
+
+``<rel>`` is the input CSV's path relative to the answering input folder; both files exist for every
+input file (possibly header-only) so a loader can tell "no rows" from "not processed".
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+CONTRACT_VERSION = 1
+ANSWERS_DIR = "answers"
+REJECTED_DIR = "rejected"
+ENCODING = "utf-8"
+#: row_number of a rejected row that stands for a whole file that could not be read as CSV.
+FILE_LEVEL_ROW = 0
+
+ANSWER_COLUMNS = (
+    "source_file",
+    "row_number",
+    "id",
+    "question",
+    "context",
+    "answer",
+    "score",
+    "answer_start",
+    "answer_end",
+    "model",
+    "extra",
+)
+REJECTED_COLUMNS = ("source_file", "row_number", "error", "raw")
+
+
+@dataclass(frozen=True)
+class AnswerRow:
+    """One answered input row; ``context[answer_start:answer_end] == answer``."""
+
+    source_file: str
+    row_number: int
+    id: str
+    question: str
+    context: str
+    answer: str
+    score: float
+    answer_start: int
+    answer_end: int
+    model: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_record(self) -> list[str]:
+        return [
+            self.source_file,
+            str(self.row_number),
+            self.id,
+            self.question,
+            self.context,
+            self.answer,
+            repr(float(self.score)),
+            str(self.answer_start),
+            str(self.answer_end),
+            self.model,
+            json.dumps(self.extra, ensure_ascii=False, sort_keys=True),
+        ]
+
+    @classmethod
+    def from_record(cls, record: dict[str, str]) -> AnswerRow:
+        return cls(
+            source_file=record["source_file"],
+            row_number=int(record["row_number"]),
+            id=record["id"],
+            question=record["question"],
+            context=record["context"],
+            answer=record["answer"],
+            score=float(record["score"]),
+            answer_start=int(record["answer_start"]),
+            answer_end=int(record["answer_end"]),
+            model=record["model"],
+            extra=json.loads(record["extra"]) if record["extra"] else {},
+        )
+
+
+@dataclass(frozen=True)
+class RejectedRow:
+    """One input row (or, with ``row_number == FILE_LEVEL_ROW``, a whole file) that was not answered."""
+
+    source_file: str
+    row_number: int
+    error: str
+    raw: str
+
+    def to_record(self) -> list[str]:
+        return [self.source_file, str(self.row_number), self.error, self.raw]
+
+    @classmethod
+    def from_record(cls, record: dict[str, str]) -> RejectedRow:
+        return cls(record["source_file"], int(record["row_number"]), record["error"], record["raw"])
+
+
+def escape_raw(data: bytes | str, limit: int = 2000) -> str:
+    """Printable, NUL-free text for the ``raw`` column (Postgres text cannot hold NUL).
+
+    Undecodable bytes and control characters other than tab/newline become ``\\xNN``; long input is cut.
+    """
+    text = data.decode(ENCODING, errors="backslashreplace") if isinstance(data, bytes) else data
+    out = []
+    for ch in text[:limit]:
+        if ch in "\t\n\r" or ch >= " " and ch != "\x7f":
+            out.append(ch)
+        else:
+            out.append(f"\\x{ord(ch):02x}")
+    if len(text) > limit:
+        out.append(f"...[{len(text) - limit} more chars]")
+    return "".join(out)
+
+
+def write_csv(stream: TextIO, columns: Iterable[str], records: Iterable[list[str]]) -> int:
+    """Write a header and records in the contract's dialect; returns the number of records."""
+    writer = csv.writer(stream, lineterminator="\n")
+    writer.writerow(list(columns))
+    count = 0
+    for record in records:
+        writer.writerow(record)
+        count += 1
+    return count
+
+
+def read_answers(stream: TextIO) -> Iterator[AnswerRow]:
+    for record in _read(stream, ANSWER_COLUMNS):
+        yield AnswerRow.from_record(record)
+
+
+def read_rejected(stream: TextIO) -> Iterator[RejectedRow]:
+    for record in _read(stream, REJECTED_COLUMNS):
+        yield RejectedRow.from_record(record)
+
+
+def _read(stream: TextIO, columns: tuple[str, ...]) -> Iterator[dict[str, str]]:
+    reader = csv.DictReader(stream)
+    if tuple(reader.fieldnames or ()) != columns:
+        raise ValueError(f"unexpected header {reader.fieldnames!r}, expected {list(columns)!r}")
+    yield from reader
+
+
+def dumps(columns: Iterable[str], records: Iterable[list[str]]) -> str:
+    """The CSV text for ``records`` (handy for tests and small files)."""
+    buf = io.StringIO()
+    write_csv(buf, columns, records)
+    return buf.getvalue()

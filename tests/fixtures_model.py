@@ -1,0 +1,1 @@
+"""Fixtures: model (filled in by its feature)."""
