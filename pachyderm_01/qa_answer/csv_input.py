@@ -1,0 +1,253 @@
+"""Read a question CSV as a stream of row chunks, turning every bad row into a rejection with a reason.
+
+Pure: works on any binary stream, never touches the file system. Memory stays bounded by one chunk
+(plus one record), whatever the file size.
+
+Policy (documented in docs/answering.md):
+
+* UTF-8 text, comma-separated, RFC 4180 quoting (quoted newlines allowed); a leading BOM is dropped;
+  CRLF, LF and CR line ends all work.
+* Header names are trimmed and matched case-insensitively; ``question`` and ``context`` are required,
+  ``id`` is optional, every other column goes to ``extra`` under its trimmed name.
+* A file whose header cannot be used (empty, binary, not UTF-8, wrong delimiter, missing or duplicate
+  columns) yields ONE rejection with ``row_number`` 0 and nothing else.
+* ``row_number`` counts the records after the header, 1-based; blank lines are not records.
+* A record is rejected when it is malformed CSV, has a different number of fields than the header,
+  holds bytes that are not UTF-8, holds a NUL character, or has an empty (blank) question or context.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from qa_answer.contract import FILE_LEVEL_ROW, escape_raw
+
+REQUIRED_COLUMNS = ("question", "context")
+ID_COLUMN = "id"
+#: Largest single field accepted (characters). Well above the 1 MB contexts we test, far below RAM.
+MAX_FIELD_CHARS = 64 * 1024 * 1024
+_DELIMITER_HINTS = {";": "semicolon", "\t": "tab", "|": "pipe"}
+
+
+@dataclass(frozen=True)
+class QuestionRow:
+    """One well-formed input row, ready for the model."""
+
+    row_number: int
+    id: str
+    question: str
+    context: str
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RowRejection:
+    """A row (or, with ``row_number == 0``, the whole file) that cannot be answered, and why."""
+
+    row_number: int
+    error: str
+    raw: str
+
+
+@dataclass
+class Chunk:
+    rows: list[QuestionRow] = field(default_factory=list)
+    rejected: list[RowRejection] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.rows) + len(self.rejected)
+
+
+class _RecordingLines:
+    """Line iterator for ``csv.reader`` that remembers the raw text of the record being parsed."""
+
+    def __init__(self, text: io.TextIOBase) -> None:
+        self._text = text
+        self._lines: list[str] = []
+
+    def __iter__(self) -> _RecordingLines:
+        return self
+
+    def __next__(self) -> str:
+        line = self._text.readline()
+        if not line:
+            raise StopIteration
+        self._lines.append(line)
+        return line
+
+    def take(self) -> str:
+        raw = "".join(self._lines)
+        self._lines.clear()
+        return raw.rstrip("\r\n")
+
+
+class _HeaderError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class _Header:
+    size: int
+    question: int
+    context: int
+    id: int | None
+    extras: tuple[tuple[str, int], ...]
+
+
+def read_question_chunks(stream: BinaryIO, chunk_rows: int = 512) -> Iterator[Chunk]:
+    """Yield chunks of at most ``chunk_rows`` rows (answerable and rejected together) from a CSV stream."""
+    if chunk_rows < 1:
+        raise ValueError("chunk_rows must be at least 1")
+    if csv.field_size_limit() < MAX_FIELD_CHARS:
+        csv.field_size_limit(MAX_FIELD_CHARS)
+    # surrogateescape keeps undecodable bytes as lone surrogates so one bad row cannot stop the file.
+    text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
+    lines = _RecordingLines(text)
+    reader = csv.reader(lines, strict=True)
+    try:
+        header = _read_header(reader, lines)
+    except _HeaderError as exc:
+        error, raw = exc.args
+        yield Chunk(rejected=[RowRejection(FILE_LEVEL_ROW, error, _raw_text(raw))])
+        return
+
+    chunk = Chunk()
+    row_number = 0
+    while True:
+        try:
+            record = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            row_number += 1
+            chunk.rejected.append(RowRejection(row_number, f"malformed CSV: {exc}", _raw_text(lines.take())))
+        else:
+            raw = lines.take()
+            if not record:
+                continue  # a blank line is not a record
+            row_number += 1
+            parsed = _parse_record(record, header, row_number)
+            if isinstance(parsed, str):
+                chunk.rejected.append(RowRejection(row_number, parsed, _raw_text(raw)))
+            else:
+                chunk.rows.append(parsed)
+        if len(chunk) >= chunk_rows:
+            yield chunk
+            chunk = Chunk()
+    if len(chunk):
+        yield chunk
+
+
+def _read_header(reader: Iterator[list[str]], lines: _RecordingLines) -> _Header:
+    while True:
+        try:
+            record = next(reader)
+        except StopIteration:
+            raise _HeaderError("empty file: no header row", lines.take()) from None
+        except csv.Error as exc:
+            raise _HeaderError(f"cannot parse the header row: {exc}", lines.take()) from None
+        raw = lines.take()
+        if record:
+            break
+    joined = ",".join(record)
+    if joined.startswith(("\udcff\udcfe", "\udcfe\udcff")):
+        raise _HeaderError("the file is UTF-16 encoded; save it as UTF-8", raw)
+    if "\x00" in joined:
+        raise _HeaderError("binary file: the header row contains NUL bytes", raw)
+    bad = _first_undecodable_byte(joined)
+    if bad is not None:
+        raise _HeaderError(f"not a UTF-8 text file: undecodable byte 0x{bad:02x} in the header row", raw)
+
+    names = [name.strip() for name in record]
+    positions: dict[str, int] = {}
+    for index, name in enumerate(names):
+        key = name.lower()
+        if key in positions and key:
+            raise _HeaderError(f"duplicate column {name!r} in the header", raw)
+        positions[key] = index
+    missing = [name for name in REQUIRED_COLUMNS if name not in positions]
+    if missing:
+        listed = ", ".join(repr(name) for name in missing)
+        message = f"missing required column(s) {listed}; the header is {_clip(raw)!r}"
+        hint = _delimiter_hint(names)
+        if hint:
+            message += f" (it looks {hint}-separated; only comma-separated files are supported)"
+        raise _HeaderError(message, raw)
+    special = {*REQUIRED_COLUMNS, ID_COLUMN}
+    extras = tuple(
+        (name or f"column_{index + 1}", index)
+        for index, name in enumerate(names)
+        if name.lower() not in special
+    )
+    return _Header(
+        size=len(record),
+        question=positions["question"],
+        context=positions["context"],
+        id=positions.get(ID_COLUMN),
+        extras=extras,
+    )
+
+
+def _parse_record(record: list[str], header: _Header, row_number: int) -> QuestionRow | str:
+    """The row, or the reason it cannot be answered."""
+    if len(record) != header.size:
+        noun = "field" if len(record) == 1 else "fields"
+        return f"row has {len(record)} {noun}, the header has {header.size}"
+    for index, value in enumerate(record):
+        bad = _first_undecodable_byte(value)
+        if bad is not None:
+            return f"not UTF-8: undecodable byte 0x{bad:02x} in column {_column_name(header, index)!r}"
+        if "\x00" in value:
+            return f"NUL character in column {_column_name(header, index)!r}"
+    question = record[header.question]
+    context = record[header.context]
+    empty = [name for name, value in (("question", question), ("context", context)) if not value.strip()]
+    if empty:
+        return "empty " + " and ".join(empty)
+    return QuestionRow(
+        row_number=row_number,
+        id=record[header.id].strip() if header.id is not None else "",
+        question=question,
+        context=context,
+        extra={name: record[index] for name, index in header.extras},
+    )
+
+
+def _column_name(header: _Header, index: int) -> str:
+    if index == header.question:
+        return "question"
+    if index == header.context:
+        return "context"
+    if index == header.id:
+        return ID_COLUMN
+    return next(name for name, position in header.extras if position == index)
+
+
+def _first_undecodable_byte(value: str) -> int | None:
+    for ch in value:
+        if "\udc80" <= ch <= "\udcff":
+            return ord(ch) - 0xDC00
+    return None
+
+
+def _delimiter_hint(names: list[str]) -> str | None:
+    if len(names) != 1:
+        return None
+    for delimiter, word in _DELIMITER_HINTS.items():
+        parts = {part.strip().lower() for part in names[0].split(delimiter)}
+        if set(REQUIRED_COLUMNS) <= parts:
+            return word
+    return None
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _raw_text(raw: str) -> str:
+    """The contract's printable form of a raw record, undecodable bytes shown as ``\\xNN``."""
+    return escape_raw(raw.encode("utf-8", errors="surrogateescape"))
