@@ -1,0 +1,74 @@
+"""Map untrusted bucket object names to safe relative paths, so a download can never escape OUT_DIR.
+
+Pure. Policy: harmless oddities are normalised (empty and ``.`` components from ``//``, a leading or
+trailing ``/``; a backslash becomes ``_`` so a Windows-style ``..\\x`` is just a file name); anything
+that could mean something else on disk or break logs is rejected with a reason: ``..`` components,
+control characters (NUL, newline, ...), text that is not valid UTF-8, a component over 255 bytes or a
+path over 4096 bytes (Linux limits).
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+from pathlib import Path
+
+MAX_COMPONENT_BYTES = 255
+MAX_PATH_BYTES = 4096
+
+
+@dataclass(frozen=True)
+class MappedName:
+    """``path`` is a safe POSIX relative path, or None when the name is rejected (then ``reason`` says why).
+
+    ``reason`` is also set, with a path, when the name had to be changed.
+    """
+
+    name: str
+    path: str | None
+    reason: str | None = None
+
+
+def map_object_name(name: str) -> MappedName:
+    """The relative path a downloaded object named ``name`` (already relative to the prefix) is saved to."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return MappedName(name, None, "object name is not valid UTF-8")
+    for ch in name:
+        if ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0:
+            return MappedName(name, None, f"object name contains control character U+{ord(ch):04X}")
+    changes = []
+    cleaned = name
+    if "\\" in cleaned:
+        cleaned = cleaned.replace("\\", "_")
+        changes.append("backslashes replaced by '_'")
+    parts = cleaned.split("/")
+    kept = [part for part in parts if part not in ("", ".")]
+    if len(kept) != len(parts):
+        changes.append("empty or '.' path components dropped")
+    if ".." in kept:
+        return MappedName(name, None, "object name has a '..' path component")
+    if not kept:
+        return MappedName(name, None, "object name has no file name")
+    for part in kept:
+        if len(part.encode("utf-8")) > MAX_COMPONENT_BYTES:
+            return MappedName(
+                name, None, f"object name has a path component longer than {MAX_COMPONENT_BYTES} bytes"
+            )
+    path = "/".join(kept)
+    if len(path.encode("utf-8")) > MAX_PATH_BYTES:
+        return MappedName(name, None, f"object name is longer than {MAX_PATH_BYTES} bytes")
+    # Belt and braces: the joined path must stay relative and normalised.
+    if posixpath.isabs(path) or posixpath.normpath(path) != path:
+        return MappedName(name, None, "object name does not map to a plain relative path")
+    return MappedName(name, path, "; ".join(changes) or None)
+
+
+def resolve_inside(root: Path, relative: str) -> Path:
+    """``root / relative``; ValueError for anything resolving outside ``root`` (e.g. via symlinks)."""
+    base = root.resolve()
+    target = (base / relative).resolve()
+    if target == base or base not in target.parents:
+        raise ValueError(f"{relative!r} resolves outside {str(root)!r}")
+    return target
