@@ -7,15 +7,23 @@ from pathlib import Path
 
 import pytest
 from google.protobuf.json_format import ParseError
-from python_pachyderm.util import parse_dict_pipeline_spec
-
 from pachyderm_local.dag import pipeline_order
 from pachyderm_local.globs import expand_glob
 from pachyderm_local.spec import load_spec
+from python_pachyderm.util import parse_dict_pipeline_spec
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 ALL_SPECS = sorted(SPECS.rglob("*.json"))
-PG_KEYS = ["PG_HOST", "PG_PORT", "PG_DBNAME", "PG_USER", "PG_PASSWORD", "PG_SSLROOTCERT", "PG_SSLCERT", "PG_SSLKEY"]
+PG_KEYS = [
+    "PG_HOST",
+    "PG_PORT",
+    "PG_DBNAME",
+    "PG_USER",
+    "PG_PASSWORD",
+    "PG_SSLROOTCERT",
+    "PG_SSLCERT",
+    "PG_SSLKEY",
+]
 
 
 def _raw(name: str) -> dict:
@@ -52,7 +60,9 @@ def test_ingest_is_a_cron_overwrite_with_the_gcs_secret_mounted():
     assert raw["input"]["cron"]["overwrite"] is True
     assert raw["transform"]["secrets"] == [{"name": "gcs-credentials", "mount_path": "/var/secrets/gcs"}]
     assert raw["transform"]["env"]["GOOGLE_APPLICATION_CREDENTIALS"] == "/var/secrets/gcs/key.json"
-    assert raw["transform"]["cmd"][-1].endswith('qa-answer ingest "gs://${GCS_BUCKET}/${GCS_PREFIX}" /pfs/out')
+    assert raw["transform"]["cmd"][-1].endswith(
+        'qa-answer ingest "gs://${GCS_BUCKET}/${GCS_PREFIX}" /pfs/out'
+    )
 
 
 def test_answer_glob_makes_each_csv_its_own_datum_at_any_depth():
@@ -78,4 +88,6 @@ def test_gpu_variant_differs_only_in_image_resources_precision_and_device():
     assert gpu["resource_limits"]["gpu"] == {"type": "nvidia.com/gpu", "number": 1}
     assert gpu["transform"]["env"] == {**cpu["transform"]["env"], "QA_PRECISION": "bf16", "QA_DEVICE": "cuda"}
     ignored = {"transform", "resource_requests", "resource_limits", "parallelism_spec", "description"}
-    assert {k: v for k, v in gpu.items() if k not in ignored} == {k: v for k, v in cpu.items() if k not in ignored}
+    assert {k: v for k, v in gpu.items() if k not in ignored} == {
+        k: v for k, v in cpu.items() if k not in ignored
+    }
