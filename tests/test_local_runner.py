@@ -1,0 +1,245 @@
+"""pachyderm-local end to end on toy specs (plain ``sh`` commands): state, skips, retries, parallelism,
+collisions, cron ticks, Pachyderm's environment and the per-job summary lines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pachyderm_local.cli import main
+from pachyderm_local.store import Store
+
+
+@pytest.fixture
+def pl(tmp_path, capsys):
+    """Run the CLI in-process against a fresh root; returns (exit code, stdout, stderr)."""
+    root = tmp_path / "root"
+
+    def call(*argv: str) -> tuple[int, str, str]:
+        code = main(["--root", str(root), *argv])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    call.root = root  # type: ignore[attr-defined]
+    return call
+
+
+def write_spec(folder: Path, name: str, input_: dict, script: str, **extra) -> str:
+    spec = {"pipeline": {"name": name}, "input": input_, "transform": {"cmd": ["sh", "-c", script]}, **extra}
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps(spec))
+    return str(path)
+
+
+def make_files(folder: Path, files: dict[str, str]) -> Path:
+    for rel, text in files.items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_text(text)
+    return folder
+
+
+def test_put_file_stores_identical_content_once_and_commits_full_snapshots(pl, tmp_path):
+    src = make_files(tmp_path / "src", {"a.csv": "same\n", "sub/b.csv": "same\n", "c.csv": "other\n"})
+    assert pl("put-file", "raw", str(src))[0] == 0
+    assert pl("put-file", "raw:extra/z.csv", str(src / "c.csv"))[0] == 0
+    store = Store(pl.root)
+    commits = store.list_commits("raw")
+    assert [len(c.files) for c in commits] == [3, 4] and commits[1].parent == commits[0].id
+    assert len(list((pl.root / "objects").rglob("*"))) - len(list((pl.root / "objects").glob("*"))) == 2
+    code, out, _ = pl("list-files", "raw")
+    assert [line.split("\t")[0] for line in out.splitlines()] == [
+        "/a.csv",
+        "/c.csv",
+        "/extra/z.csv",
+        "/sub/b.csv",
+    ]
+    assert pl("get-file", f"raw@{commits[0].id}:sub/b.csv")[1] == "same\n"
+    assert pl("delete-file", "raw:sub")[0] == 0
+    assert "/sub/b.csv" not in pl("list-files", "raw")[1]
+    code, _, err = pl("get-file", "raw:nope.csv")
+    assert code == 2 and "raw:nope.csv not found" in err
+
+
+def test_dag_runs_in_order_skips_unchanged_datums_and_mirrors_edits_and_deletes(pl, tmp_path):
+    src = make_files(tmp_path / "src", {"a.txt": "apple\n", "sub/b.txt": "banana\n", "c.txt": "cherry\n"})
+    pl("put-file", "raw", str(src))
+    # Each file is a datum: upper-case it into out/<same path>; then one datum counts the whole repo.
+    upper = write_spec(
+        tmp_path,
+        "upper",
+        {"pfs": {"repo": "raw", "glob": "/**.txt"}},
+        'cd /pfs/raw && for f in $(find . -type f); do mkdir -p "/pfs/out/$(dirname $f)"; '
+        'tr a-z A-Z < "$f" > "/pfs/out/$f"; done',
+    )
+    count = write_spec(
+        tmp_path,
+        "count",
+        {"pfs": {"repo": "upper", "glob": "/"}},
+        "cat $(find /pfs/upper -type f | sort) > /pfs/out/all",
+    )
+    code, out, err = pl("run", count, upper)
+    assert code == 0, err
+    assert out.splitlines() == [
+        "upper: processed=3 skipped=0 failed=0",
+        "count: processed=1 skipped=0 failed=0",
+    ]
+    assert pl("get-file", "count:all")[1] == "APPLE\nCHERRY\nBANANA\n"
+
+    code, out, _ = pl("run", upper, count)
+    assert out.splitlines() == [
+        "upper: processed=0 skipped=3 failed=0",
+        "count: processed=0 skipped=1 failed=0",
+    ]
+
+    (src / "c.txt").write_text("cranberry\n")
+    pl("put-file", "raw:c.txt", str(src / "c.txt"))
+    code, out, _ = pl("run", upper, count)
+    assert out.splitlines() == [
+        "upper: processed=1 skipped=2 failed=0",
+        "count: processed=1 skipped=0 failed=0",
+    ]
+    assert pl("get-file", "count:all")[1] == "APPLE\nCRANBERRY\nBANANA\n"
+
+    pl("delete-file", "raw:a.txt")
+    code, out, _ = pl("run", upper, count)
+    assert out.splitlines() == [
+        "upper: processed=0 skipped=2 failed=0",
+        "count: processed=1 skipped=0 failed=0",
+    ]
+    assert [line.split("\t")[0] for line in pl("list-files", "upper")[1].splitlines()] == [
+        "/c.txt",
+        "/sub/b.txt",
+    ]
+
+    jobs = Store(pl.root).list_jobs()
+    assert [j["pipeline"] for j in jobs] == ["upper", "count"] * 4
+    assert all(j["output_commit"] == j["id"] for j in jobs)
+    listing = pl("list-jobs", "--pipeline", "upper")[1]
+    assert len(listing.splitlines()) == 5 and "success" in listing
+
+
+def test_datum_tries_retries_a_failing_datum_then_gives_up(pl, tmp_path):
+    pl("put-file", "raw", str(make_files(tmp_path / "src", {"x": "1"})))
+    counter = tmp_path / "tries"
+    flaky = (
+        f"n=$(cat {counter} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {counter}; "
+        'echo "try $n"; [ $n -ge 3 ]'
+    )
+    spec = write_spec(tmp_path, "flaky", {"pfs": {"repo": "raw", "glob": "/*"}}, flaky, datum_tries=3)
+    code, out, _ = pl("run", spec)
+    assert (code, out.strip()) == (0, "flaky: processed=1 skipped=0 failed=0")
+    assert counter.read_text().strip() == "3"
+
+    counter.write_text("0")
+    pl("put-file", "raw:y", str(tmp_path / "src" / "x"))  # a new datum (new path)
+    spec = write_spec(tmp_path, "flaky", {"pfs": {"repo": "raw", "glob": "/*"}}, flaky, datum_tries=2)
+    code, out, err = pl("run", spec)
+    assert (code, out.strip()) == (1, "flaky: processed=0 skipped=1 failed=1")
+    assert "raw:/y) failed: exit code 1" in err and "try 2" in err  # the log tail is shown
+    job = Store(pl.root).list_jobs()[-1]
+    assert job["state"] == "failure" and job["output_commit"] is None
+    assert [d["tries"] for d in job["datums"] if d["state"] == "failed"] == [2]
+    logs = pl("logs", "--pipeline", "flaky")[1]
+    assert "try 1/2" in logs and "try 2/2" in logs and "reused from job" in logs
+
+    code, out, _ = pl(
+        "run", spec
+    )  # the counter is now past 3: the failed datum succeeds, the other stays done
+    assert (code, out.strip()) == (0, "flaky: processed=1 skipped=1 failed=0")
+
+
+def test_parallelism_runs_exactly_constant_datums_at_once(pl, tmp_path):
+    pl("put-file", "raw", str(make_files(tmp_path / "src", {f"f{i}": str(i) for i in range(6)})))
+    running, seen = tmp_path / "running", tmp_path / "seen"
+    running.mkdir()
+    script = (
+        f"touch {running}/$PACH_DATUM_ID; ls {running} | wc -l >> {seen}; "
+        f"sleep 0.4; rm {running}/$PACH_DATUM_ID"
+    )
+    spec = write_spec(
+        tmp_path, "par", {"pfs": {"repo": "raw", "glob": "/*"}}, script, parallelism_spec={"constant": 2}
+    )
+    assert pl("run", spec)[0] == 0
+    assert max(int(n) for n in seen.read_text().split()) == 2
+
+    seen.unlink()
+    spec = write_spec(
+        tmp_path, "par2", {"pfs": {"repo": "raw", "glob": "/*"}}, script, parallelism_spec={"constant": 3}
+    )
+    assert pl("run", spec, "--max-parallelism", "1")[0] == 0
+    assert max(int(n) for n in seen.read_text().split()) == 1
+
+
+def test_two_datums_writing_one_path_fail_the_job_and_block_downstream(pl, tmp_path):
+    pl("put-file", "raw", str(make_files(tmp_path / "src", {"a": "1", "b": "2"})))
+    clash = write_spec(tmp_path, "clash", {"pfs": {"repo": "raw", "glob": "/*"}}, "echo hi > /pfs/out/same")
+    after = write_spec(tmp_path, "after", {"pfs": {"repo": "clash", "glob": "/"}}, "true")
+    code, out, err = pl("run", clash, after)
+    assert code == 1
+    assert out.strip() == "clash: processed=2 skipped=0 failed=0"
+    assert "output path 'same' was written by 2 datums" in err
+    assert "after: not run, an upstream job failed" in err
+    assert Store(pl.root).head("clash") is None
+    assert "written by 2 datums" in pl("list-jobs")[1]
+
+
+def test_datum_sees_pachyderm_env_and_input_paths(pl, tmp_path):
+    pl("put-file", "raw", str(make_files(tmp_path / "src", {"dir/x.csv": "1"})))
+    script = (
+        "env | grep -E '^(PACH_|PPS_|raw|QA_MODEL|SECRET_TOKEN)' | sort > /pfs/out/env; "
+        "ls $raw > /pfs/out/ls; cat /pfs/raw/dir/x.csv >> /pfs/out/ls"
+    )
+    spec = write_spec(
+        tmp_path,
+        "envcheck",
+        {"pfs": {"repo": "raw", "glob": "/*"}},
+        script,
+    )
+    raw = json.loads(Path(spec).read_text())
+    raw["transform"]["env"] = {"QA_MODEL": "hub/model"}
+    raw["transform"]["secrets"] = [{"name": "tok", "key": "t", "env_var": "SECRET_TOKEN"}]
+    Path(spec).write_text(json.dumps(raw))
+    (tmp_path / "local.env").write_text("SECRET_TOKEN=from-env-file\n")
+    code, _, err = pl(
+        "run", spec, "--env", "QA_MODEL=/models/tiny", "--env-file", str(tmp_path / "local.env")
+    )
+    assert code == 0, err
+    env = dict(line.split("=", 1) for line in pl("get-file", "envcheck:env")[1].splitlines())
+    job = Store(pl.root).list_jobs()[-1]
+    input_commit = Store(pl.root).head("raw").id
+    assert env["PACH_JOB_ID"] == job["id"] == env["PACH_OUTPUT_COMMIT_ID"]
+    assert env["PACH_DATUM_ID"] == job["datums"][0]["id"]
+    assert env["PPS_PIPELINE_NAME"] == "envcheck"
+    assert env["raw"].endswith("/pfs/raw/dir") and str(pl.root) in env["raw"]
+    assert env["raw_COMMIT"] == input_commit
+    assert env["QA_MODEL"] == "/models/tiny" and env["SECRET_TOKEN"] == "from-env-file"
+    assert pl("get-file", "envcheck:ls")[1] == "x.csv\n1"
+    assert not (pl.root / "tmp" / job["id"]).exists()  # sandboxes are removed
+
+
+def test_cron_input_ticks_once_per_run_and_overwrite_keeps_one_tick(pl, tmp_path):
+    spec = write_spec(
+        tmp_path,
+        "clock",
+        {"cron": {"name": "tick", "spec": "@every 5m", "overwrite": True}},
+        "ls /pfs/tick > /pfs/out/ticks",
+    )
+    for _ in range(2):
+        code, out, _ = pl("run", spec)
+        assert (code, out.strip()) == (0, "clock: processed=1 skipped=0 failed=0")
+    store = Store(pl.root)
+    assert len(store.list_commits("clock_tick")) == 2
+    assert len(store.head("clock_tick").files) == 1
+    assert pl("get-file", "clock:ticks")[1].strip() == next(iter(store.head("clock_tick").files))
+
+
+def test_missing_input_repo_and_bad_spec_are_clear_errors(pl, tmp_path):
+    spec = write_spec(tmp_path, "orphan", {"pfs": {"repo": "nowhere", "glob": "/*"}}, "true")
+    code, out, err = pl("run", spec)
+    assert code == 2 and out == ""
+    assert "input repo 'nowhere' does not exist" in err
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"pipeline": {"name": "bad"}, "input": {"pfs": {"repo": "r", "glob": "/*"}}}))
+    code, _, err = pl("run", str(bad))
+    assert code == 2 and "bad.json: transform.cmd must be a non-empty list" in err
