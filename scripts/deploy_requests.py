@@ -25,6 +25,7 @@ DEFAULT_PROJECT = "default"
 DEFAULT_SPEC_FILES = ("specs/gcs-ingest.json", "specs/qa-answer.json", "specs/pg-load.json")
 
 _SHA = re.compile(r"[0-9a-f]{40}")
+_PLACEHOLDER_TAG = re.compile(rf"{IMAGE_TAG}(?P<suffix>-[a-z0-9][a-z0-9.-]*)?")
 # A Docker repository: optional registry host[:port], then lowercase path components.
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _REPOSITORY = re.compile(rf"(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?{_COMPONENT}(?:/{_COMPONENT})*")
@@ -97,17 +98,21 @@ def validate_sha(sha: str) -> str:
 
 
 def substitute_image(image: str, repos: ImageRepositories, sha: str) -> str:
-    """`pachyderm-qa-answer:IMAGE_TAG` -> `<repos.answer>:<sha>`; an image without the placeholder is kept."""
+    """`pachyderm-qa-answer:IMAGE_TAG` -> `<repos.answer>:<sha>`; an image without the placeholder is kept.
+
+    A variant suffix survives: `pachyderm-qa-answer:IMAGE_TAG-cuda` -> `<repos.answer>:<sha>-cuda`.
+    """
     if IMAGE_TAG not in image:
         return image
     name, sep, tag = image.rpartition(":")
     targets = {ANSWER_IMAGE_NAME: repos.answer, LOAD_IMAGE_NAME: repos.load}
-    if not sep or tag != IMAGE_TAG or name not in targets:
+    match = _PLACEHOLDER_TAG.fullmatch(tag)
+    if not sep or not match or name not in targets:
         raise DeployError(
-            f"unknown image placeholder {image!r}: "
-            f"expected {ANSWER_IMAGE_NAME}:{IMAGE_TAG} or {LOAD_IMAGE_NAME}:{IMAGE_TAG}"
+            f"unknown image placeholder {image!r}: expected {ANSWER_IMAGE_NAME}:{IMAGE_TAG} or "
+            f"{LOAD_IMAGE_NAME}:{IMAGE_TAG}, optionally with a variant suffix such as {IMAGE_TAG}-cuda"
         )
-    return f"{targets[name]}:{validate_sha(sha)}"
+    return f"{targets[name]}:{validate_sha(sha)}{match.group('suffix') or ''}"
 
 
 def iter_inputs(node: dict[str, Any] | None) -> Iterator[tuple[str, dict[str, Any]]]:

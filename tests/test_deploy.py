@@ -78,6 +78,7 @@ def _pipelines(requests) -> list:
     [
         ("pachyderm-qa-answer:IMAGE_TAG", f"myorg/pachyderm-qa-answer:{SHA}"),
         ("pachyderm-qa-load:IMAGE_TAG", f"myorg/pachyderm-qa-load:{SHA}"),
+        ("pachyderm-qa-answer:IMAGE_TAG-cuda", f"myorg/pachyderm-qa-answer:{SHA}-cuda"),
         ("postgres:16", "postgres:16"),
     ],
 )
@@ -99,7 +100,8 @@ def test_substitute_image_with_explicit_repositories():
     [
         "pachyderm-qa-other:IMAGE_TAG",
         "myorg/pachyderm-qa-answer:IMAGE_TAG",
-        "pachyderm-qa-answer:IMAGE_TAG-gpu",
+        "pachyderm-qa-answer:IMAGE_TAG_gpu",
+        "pachyderm-qa-answer:IMAGE_TAG-",
     ],
 )
 def test_unknown_placeholder_is_refused(image):
@@ -408,3 +410,65 @@ def test_unreachable_pachd_is_a_clear_error(spec_files):
     assert result.returncode == 1
     assert "deploy: error talking to pachd at grpc://127.0.0.1:9" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# --- the real specs/ files -------------------------------------------------------------------------------
+
+
+def _real_specs(*relpaths: str) -> list[tuple[str, dict]]:
+    return [(p, json.loads((ROOT / p).read_text())) for p in relpaths]
+
+
+def test_real_specs_deploy_in_dag_order_with_every_placeholder_replaced():
+    requests = dr.build_requests(_real_specs(*dr.DEFAULT_SPEC_FILES), repos=REPOS, sha=SHA)
+    reqs = _pipelines(requests)
+    assert [r.method for r in requests] == ["create_pipeline_from_request"] * 3
+    assert [(r.pipeline.project.name, r.pipeline.name) for r in reqs] == [
+        ("default", "gcs-ingest"),
+        ("default", "qa-answer"),
+        ("default", "pg-load"),
+    ]
+    assert [r.transform.image for r in reqs] == [
+        f"myorg/pachyderm-qa-answer:{SHA}",
+        f"myorg/pachyderm-qa-answer:{SHA}",
+        f"myorg/pachyderm-qa-load:{SHA}",
+    ]
+    dumped = json.dumps([r.to_json() for r in requests])
+    assert "IMAGE_TAG" not in dumped
+    # the secrets the scripts create are the ones the specs consume
+    assert {s.name for s in reqs[0].transform.secrets} == {"gcs-credentials"}
+    assert {(s.name, s.key, s.env_var) for s in reqs[2].transform.secrets} == {
+        ("pg-credentials", k, k)
+        for k in (
+            "PG_HOST",
+            "PG_PORT",
+            "PG_DBNAME",
+            "PG_USER",
+            "PG_PASSWORD",
+            "PG_SSLROOTCERT",
+            "PG_SSLCERT",
+            "PG_SSLKEY",
+        )
+    }
+    gcs_template = json.loads((ROOT / "secrets" / "secret_template.json").read_text())
+    assert reqs[0].transform.secrets[0].mount_path == "/var/secrets/gcs"
+    assert reqs[0].transform.env["GOOGLE_APPLICATION_CREDENTIALS"] == "/var/secrets/gcs/" + next(
+        iter(gcs_template["data"])
+    )
+
+
+def test_real_gpu_variant_points_at_the_cuda_tag():
+    files = ("specs/gcs-ingest.json", "specs/gpu/qa-answer.json", "specs/pg-load.json")
+    reqs = _pipelines(dr.build_requests(_real_specs(*files), repos=REPOS, sha=SHA))
+    assert [r.pipeline.name for r in reqs] == ["gcs-ingest", "qa-answer", "pg-load"]
+    assert reqs[1].transform.image == f"myorg/pachyderm-qa-answer:{SHA}-cuda"
+
+
+def test_script_defaults_to_the_three_real_specs():
+    result = _deploy("--dry-run", "--tag", SHA, "--namespace", "myorg")
+    assert result.returncode == 0, result.stderr
+    assert [p["kwargs"]["req"]["pipeline"]["name"] for p in json.loads(result.stdout)] == [
+        "gcs-ingest",
+        "qa-answer",
+        "pg-load",
+    ]
