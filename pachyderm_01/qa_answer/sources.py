@@ -1,0 +1,182 @@
+"""Where question CSVs come from: a GCS bucket prefix (real client) or a local folder. Read-only.
+
+Both implement ``QuestionSource``: list the ``*.csv`` objects (names relative to the prefix or folder)
+and fetch one into a given local path, verified. The GCS source never deletes, rewrites or patches
+anything in the bucket; it only lists and downloads.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+CSV_SUFFIX = ".csv"
+_DOWNLOAD_ATTEMPTS = 3
+
+
+class SourceError(Exception):
+    """The source cannot be listed or an object cannot be fetched; the message is for the user."""
+
+
+@dataclass(frozen=True)
+class SourceObject:
+    name: str  # relative to the source's prefix or folder; untrusted for GCS
+    size: int | None = None
+    handle: Any = field(default=None, compare=False, repr=False)
+
+
+class QuestionSource(Protocol):
+    url: str
+
+    def list_csv(self) -> Iterator[SourceObject]: ...
+
+    def fetch(self, obj: SourceObject, dest: Path) -> SourceObject | None:
+        """Write the object's bytes to ``dest``; returns what was fetched, or None if it vanished."""
+        ...
+
+
+def is_csv_name(name: str) -> bool:
+    return name.lower().endswith(CSV_SUFFIX)
+
+
+class LocalFolderSource:
+    """Every ``*.csv`` file under a folder (directory symlinks are not followed)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.url = str(root)
+
+    def list_csv(self) -> Iterator[SourceObject]:
+        found = []
+        for folder, dirs, files in os.walk(self.root):
+            dirs.sort()
+            for file_name in files:
+                path = Path(folder) / file_name
+                if is_csv_name(file_name) and path.is_file():
+                    found.append(SourceObject(path.relative_to(self.root).as_posix(), path.stat().st_size))
+        yield from sorted(found, key=lambda obj: obj.name)
+
+    def fetch(self, obj: SourceObject, dest: Path) -> SourceObject | None:
+        try:
+            shutil.copyfile(self.root / obj.name, dest)
+        except FileNotFoundError:
+            return None
+        return obj
+
+
+class GCSSource:
+    """``*.csv`` objects under ``gs://bucket/prefix``, downloaded with crc32c (or md5) verification."""
+
+    def __init__(self, client: Any, bucket: str, prefix: str) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix
+        self.url = f"gs://{bucket}/{prefix}"
+
+    def list_csv(self) -> Iterator[SourceObject]:
+        from google.api_core import exceptions
+
+        try:
+            for blob in self.client.list_blobs(self.bucket, prefix=self.prefix or None):
+                relative = blob.name[len(self.prefix) :]
+                if is_csv_name(relative):
+                    yield SourceObject(relative, blob.size, blob)
+        except exceptions.NotFound:
+            raise SourceError(f"bucket {self.bucket!r} not found (listing {self.url})") from None
+        except exceptions.Forbidden as exc:
+            raise SourceError(f"permission denied listing {self.url}: {exc.message}") from None
+        except exceptions.GoogleAPIError as exc:
+            raise SourceError(f"cannot list {self.url}: {exc}") from None
+
+    def fetch(self, obj: SourceObject, dest: Path) -> SourceObject | None:
+        from google.api_core import exceptions
+        from google.resumable_media import DataCorruption
+
+        blob = obj.handle
+        # What the listing promised; a download rewrites the blob's metadata from response headers.
+        generation, crc32c, md5 = blob.generation, blob.crc32c, blob.md5_hash
+        corrupted = 0
+        for _ in range(2 * _DOWNLOAD_ATTEMPTS):
+            try:
+                # Pin the generation whose checksum we hold (GCS answers 412 if it was replaced).
+                blob.download_to_filename(str(dest), checksum="crc32c", if_generation_match=generation)
+                verify_download(dest, crc32c=crc32c, md5=md5)
+                return SourceObject(obj.name, blob.size, blob)
+            except exceptions.PreconditionFailed:
+                problem = None
+            except exceptions.NotFound:
+                return None  # deleted since listed
+            except (DataCorruption, ChecksumMismatch) as exc:
+                problem = exc
+            except exceptions.GoogleAPIError as exc:
+                raise SourceError(f"cannot download gs://{self.bucket}/{obj.handle.name!r}: {exc}") from None
+            fresh = self.client.bucket(self.bucket).get_blob(obj.handle.name)
+            if fresh is None:
+                return None
+            if fresh.generation != generation:  # replaced since listed: fetch the new version
+                blob, generation, crc32c, md5 = fresh, fresh.generation, fresh.crc32c, fresh.md5_hash
+                continue
+            corrupted += 1
+            if corrupted == _DOWNLOAD_ATTEMPTS:
+                raise SourceError(
+                    f"checksum mismatch downloading gs://{self.bucket}/{obj.handle.name!r} "
+                    f"({_DOWNLOAD_ATTEMPTS} attempts): {problem}"
+                )
+        raise SourceError(f"gs://{self.bucket}/{obj.handle.name!r} kept changing while being downloaded")
+
+
+class ChecksumMismatch(Exception):
+    pass
+
+
+def verify_download(path: Path, crc32c: str | None, md5: str | None) -> None:
+    """Compare a downloaded file with the object's base64 crc32c (preferred) or md5 from its metadata."""
+    if crc32c:
+        import google_crc32c
+
+        checksum = google_crc32c.Checksum()
+        with path.open("rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                checksum.update(block)
+        actual = base64.b64encode(checksum.digest()).decode("ascii")
+        if actual != crc32c:
+            raise ChecksumMismatch(f"crc32c of the downloaded bytes is {actual}, the object's is {crc32c}")
+        return
+    if md5:
+        digest = hashlib.md5()
+        with path.open("rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(block)
+        actual = base64.b64encode(digest.digest()).decode("ascii")
+        if actual != md5:
+            raise ChecksumMismatch(f"md5 of the downloaded bytes is {actual}, the object's is {md5}")
+        return
+    raise ChecksumMismatch("the object has neither a crc32c nor an md5 checksum")
+
+
+def gcs_client(emulator_host: str | None, project: str | None) -> Any:
+    """The real client: anonymous against an emulator, else Application Default Credentials."""
+    from google.auth.exceptions import DefaultCredentialsError
+    from google.cloud import storage
+
+    if emulator_host:
+        from google.auth.credentials import AnonymousCredentials
+
+        return storage.Client(
+            credentials=AnonymousCredentials(),
+            project=project,
+            client_options={"api_endpoint": emulator_host},
+        )
+    try:
+        return storage.Client(project=project)
+    except DefaultCredentialsError as exc:
+        raise SourceError(
+            "no Google credentials: set GOOGLE_APPLICATION_CREDENTIALS to a service-account key file "
+            f"(or STORAGE_EMULATOR_HOST for an emulator) [{type(exc).__name__}]"
+        ) from None
