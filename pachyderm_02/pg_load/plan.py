@@ -1,0 +1,88 @@
+"""What a load has to do: scan IN_DIR into sources with a content digest, and diff them against Postgres.
+
+A *source* is one input CSV of the answering step, i.e. the pair ``answers/<rel>`` + ``rejected/<rel>``; its
+sha256 covers both files, so a source is rewritten only when either of its files changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from qa_answer.contract import ANSWERS_DIR, REJECTED_DIR
+
+
+class InputError(ValueError):
+    """IN_DIR is not an answering step's output."""
+
+
+@dataclass(frozen=True)
+class Source:
+    source_file: str  # the input CSV's path, e.g. "sub/x.csv"; the key of qa_sources
+    answers: Path | None
+    rejected: Path | None
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    unchanged: tuple[str, ...]
+    added: tuple[str, ...]
+    replaced: tuple[str, ...]
+    deleted: tuple[str, ...]
+
+    @property
+    def to_write(self) -> tuple[str, ...]:
+        return self.added + self.replaced
+
+    @property
+    def is_noop(self) -> bool:
+        return not (self.added or self.replaced or self.deleted)
+
+
+def digest(answers: bytes | None, rejected: bytes | None) -> str:
+    """sha256 of a source: both files, each framed by name and length so no two layouts collide."""
+    h = hashlib.sha256()
+    for name, data in ((ANSWERS_DIR, answers), (REJECTED_DIR, rejected)):
+        if data is None:
+            h.update(f"{name}:absent;".encode())
+        else:
+            h.update(f"{name}:{len(data)};".encode())
+            h.update(data)
+    return h.hexdigest()
+
+
+def scan(in_dir: Path) -> dict[str, Source]:
+    """Every source under ``in_dir`` by source_file (sorted), with its digest."""
+    folders = {name: in_dir / name for name in (ANSWERS_DIR, REJECTED_DIR)}
+    if not in_dir.is_dir():
+        raise InputError(f"{in_dir}: no such directory")
+    if not any(folder.is_dir() for folder in folders.values()):
+        # Refuse rather than mirror "nothing": a wrong path must not empty the tables.
+        raise InputError(
+            f"{in_dir}: has neither {ANSWERS_DIR}/ nor {REJECTED_DIR}/ (is it the answering output?)"
+        )
+    found: dict[str, dict[str, Path]] = {}
+    for name, folder in folders.items():
+        if folder.is_dir():
+            for path in folder.rglob("*.csv"):
+                if path.is_file():
+                    found.setdefault(path.relative_to(folder).as_posix(), {})[name] = path
+    sources = {}
+    for rel in sorted(found):
+        answers, rejected = found[rel].get(ANSWERS_DIR), found[rel].get(REJECTED_DIR)
+        sha = digest(answers.read_bytes() if answers else None, rejected.read_bytes() if rejected else None)
+        sources[rel] = Source(rel, answers, rejected, sha)
+    return sources
+
+
+def diff(current: Mapping[str, str], loaded: Mapping[str, str]) -> Plan:
+    """Compare digests on disk (``current``) with those recorded in qa_sources (``loaded``)."""
+    return Plan(
+        unchanged=tuple(sorted(s for s in current if loaded.get(s) == current[s])),
+        added=tuple(sorted(s for s in current if s not in loaded)),
+        replaced=tuple(sorted(s for s in current if s in loaded and loaded[s] != current[s])),
+        deleted=tuple(sorted(s for s in loaded if s not in current)),
+    )

@@ -1,0 +1,110 @@
+"""The SQL pg-load runs, built from the contract's columns (pure: strings only, no connection).
+
+Identifiers are fixed names checked by :func:`ident`; values always travel as query parameters or COPY data.
+"""
+
+from __future__ import annotations
+
+import re
+
+from qa_answer.contract import ANSWER_COLUMNS, REJECTED_COLUMNS
+
+ANSWERS = "qa_answers"
+REJECTED = "qa_rejected"
+SOURCES = "qa_sources"
+MIGRATIONS = "schema_migrations"
+KEY = ("source_file", "row_number")
+COLUMNS = {ANSWERS: ANSWER_COLUMNS, REJECTED: REJECTED_COLUMNS}
+#: pg_advisory_xact_lock key shared by every pg-load (the bytes of "pg_load!" as a signed bigint).
+LOCK_KEY = int.from_bytes(b"pg_load!", "big", signed=True)
+#: non-text columns: COPY reads their empty fields as NULL, which the table then refuses by name.
+_NOT_TEXT = frozenset({"row_number", "score", "answer_start", "answer_end", "extra"})
+
+
+def ident(name: str) -> str:
+    if not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
+        raise ValueError(f"not a plain identifier: {name!r}")
+    return name
+
+
+def _cols(columns: tuple[str, ...] | list[str]) -> str:
+    return ", ".join(ident(c) for c in columns)
+
+
+def stage_of(table: str) -> str:
+    return f"pg_load_stage_{ident(table)}"
+
+
+LOCK = f"SELECT pg_advisory_xact_lock({LOCK_KEY})"
+CREATE_MIGRATIONS = (
+    f"CREATE TABLE IF NOT EXISTS {MIGRATIONS} "
+    "(version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+)
+SELECT_MIGRATIONS = f"SELECT version FROM {MIGRATIONS}"
+INSERT_MIGRATION = f"INSERT INTO {MIGRATIONS} (version) VALUES (%s)"
+SELECT_SOURCES = f"SELECT source_file, sha256 FROM {SOURCES}"
+DELETE_SOURCES = f"DELETE FROM {SOURCES} WHERE source_file = ANY(%s)"
+UPSERT_SOURCES = (
+    f"INSERT INTO {SOURCES} (source_file, sha256, answer_rows, rejected_rows, pach_job_id, input_commit) "
+    "VALUES %s ON CONFLICT (source_file) DO UPDATE SET sha256 = EXCLUDED.sha256, "
+    "answer_rows = EXCLUDED.answer_rows, rejected_rows = EXCLUDED.rejected_rows, "
+    "pach_job_id = EXCLUDED.pach_job_id, input_commit = EXCLUDED.input_commit, loaded_at = now()"
+)
+
+
+def create_stage(table: str) -> str:
+    """A temporary copy of ``table``'s shape and checks: no WAL, no index, dropped at commit."""
+    return (
+        f"CREATE TEMPORARY TABLE {stage_of(table)} "
+        f"(LIKE {ident(table)} INCLUDING DEFAULTS INCLUDING CONSTRAINTS) ON COMMIT DROP"
+    )
+
+
+def copy_csv(target: str, columns: tuple[str, ...]) -> str:
+    """COPY a contract CSV (header line included) into ``target``.
+
+    Writers leave empty strings unquoted, which COPY reads as NULL: text columns are forced to '' instead,
+    while an empty ``extra`` becomes NULL (no other columns).
+    """
+    text = tuple(c for c in columns if c not in _NOT_TEXT)
+    options = f"FORMAT csv, HEADER true, ENCODING 'UTF8', FORCE_NOT_NULL ({_cols(text)})"
+    if "extra" in columns:
+        options += ", FORCE_NULL (extra)"
+    return f"COPY {ident(target)} ({_cols(columns)}) FROM STDIN WITH ({options})"
+
+
+def delete_sources(table: str) -> str:
+    """Every row of the given sources (parameter: a source_file array)."""
+    return f"DELETE FROM {ident(table)} WHERE source_file = ANY(%s)"
+
+
+def delete_stale(table: str) -> str:
+    """Rows of the given sources that their staged new version no longer has."""
+    return (
+        f"DELETE FROM {ident(table)} t WHERE t.source_file = ANY(%s) AND NOT EXISTS (SELECT 1 FROM "
+        f"{stage_of(table)} s WHERE s.source_file = t.source_file AND s.row_number = t.row_number)"
+    )
+
+
+def upsert_from_stage(table: str) -> str:
+    """Insert staged rows; rewrite an existing row only when a value differs (so it keeps its loaded_at)."""
+    columns = COLUMNS[table]
+    values = [c for c in columns if c not in KEY]
+    return (
+        f"INSERT INTO {ident(table)} AS t ({_cols(columns)}) SELECT {_cols(columns)} FROM {stage_of(table)} "
+        f"ON CONFLICT ({_cols(KEY)}) DO UPDATE SET "
+        + ", ".join(f"{c} = EXCLUDED.{c}" for c in values)
+        + ", loaded_at = now() WHERE ("
+        + ", ".join(f"t.{c}" for c in values)
+        + ") IS DISTINCT FROM ("
+        + ", ".join(f"EXCLUDED.{c}" for c in values)
+        + ")"
+    )
+
+
+def count_by_source(target: str) -> str:
+    """Rows per source_file among the given sources or (parameter NULL) all of ``target``."""
+    return (
+        f"SELECT source_file, count(*) FROM {ident(target)} "
+        "WHERE %s::text[] IS NULL OR source_file = ANY(%s::text[]) GROUP BY source_file"
+    )

@@ -1,0 +1,297 @@
+"""The Postgres side of a load: one transaction that makes the tables equal the sources on disk.
+
+Inside a single transaction: take a transaction-level advisory lock (so concurrent loaders queue up), apply
+migrations, read qa_sources, plan, COPY the changed sources' checked CSV bytes into temporary tables, then
+delete/upsert. A crash or a dropped connection at any point leaves the previous state; transient connection
+failures retry the whole transaction with backoff, a bounded number of times. Anything else fails fast.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import random
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg2
+from psycopg2.extras import execute_values
+from qa_answer.contract import ANSWERS_DIR, REJECTED_DIR
+
+from . import sql
+from .migrate import migrate
+from .plan import Plan, Source, diff, digest
+from .validate import RowError, check_answers, check_rejected
+
+log = logging.getLogger("pg_load")
+
+TABLES = (sql.ANSWERS, sql.REJECTED)
+COPY = {
+    target: sql.copy_csv(target, sql.COLUMNS[table])
+    for table in TABLES
+    for target in (table, sql.stage_of(table))
+}
+
+#: SQLSTATEs worth retrying besides class 08 (connection exception): shutdowns, crash recovery, serialization.
+TRANSIENT_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "40001", "40P01", "53300"})
+#: libpq messages (no SQLSTATE) that retrying cannot fix.
+PERMANENT_MESSAGES = (
+    "authentication failed",
+    "certificate",
+    "ssl error",
+    "pg_hba.conf",
+    "does not exist",
+    "permission denied",
+    "no password supplied",
+    "invalid",
+    "sslmode",
+    "private key",
+    "server does not support ssl",
+)
+
+#: on_step(step, attempt, backend_pid): a seam for tests ("connected", "locked", "staged", "applied").
+StepHook = Callable[[str, int, int], None]
+
+
+class LoadError(RuntimeError):
+    """A load failed for a reason that retrying will not fix (or retries ran out); nothing was changed."""
+
+
+@dataclass(frozen=True)
+class Provenance:
+    pach_job_id: str | None = None
+    input_commit: str | None = None
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 5
+    first_delay: float = 0.5
+    max_delay: float = 8.0
+    sleep: Callable[[float], None] = time.sleep
+
+    def delay(self, attempt: int) -> float:
+        """Exponential backoff with jitter after failed attempt number ``attempt`` (1-based)."""
+        base = min(self.max_delay, self.first_delay * 2 ** (attempt - 1))
+        return base * (0.5 + random.random() / 2)
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    plan: Plan
+    rows_read: int = 0  # data rows of the added/replaced sources (answers + rejected)
+    rows_written: int = 0  # rows inserted, updated or deleted in qa_answers + qa_rejected
+    answer_rows: int = 0
+    rejected_rows: int = 0
+    attempts: int = 1
+    migrations: tuple[str, ...] = field(default=())
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors a new connection may cure: connection loss, server restart, serialization failures."""
+    if not isinstance(exc, psycopg2.Error):
+        return False
+    code = exc.pgcode
+    if code:
+        return code.startswith("08") or code in TRANSIENT_SQLSTATES
+    if not isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)):
+        return False
+    message = str(exc).lower()
+    return not any(marker in message for marker in PERMANENT_MESSAGES)
+
+
+def describe_db_error(exc: psycopg2.Error) -> str:
+    primary = exc.diag.message_primary if exc.diag and exc.diag.message_primary else str(exc).strip()
+    return f"{primary} (SQLSTATE {exc.pgcode})" if exc.pgcode else primary
+
+
+class PostgresAnswerStore:
+    """Mirror sources into qa_answers / qa_rejected / qa_sources through ``connect()`` (a DB-API factory)."""
+
+    def __init__(
+        self,
+        connect: Callable[[], Any],
+        *,
+        target: str = "the database",
+        retry: RetryPolicy | None = None,
+        on_step: StepHook | None = None,
+    ):
+        self._connect = connect
+        self._target = target
+        self._retry = retry or RetryPolicy()
+        self._on_step = on_step
+
+    def sync(self, sources: Mapping[str, Source], provenance: Provenance) -> LoadResult:
+        attempts = self._retry.max_attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._sync_once(sources, provenance, attempt)
+            except psycopg2.Error as exc:
+                if not is_transient(exc):
+                    raise LoadError(f"{self._target}: {describe_db_error(exc)}") from None
+                if attempt == attempts:
+                    raise LoadError(
+                        f"{self._target}: giving up after {attempts} attempts: {describe_db_error(exc)}"
+                    ) from None
+                wait = self._retry.delay(attempt)
+                log.warning(
+                    "transient database error (attempt %d/%d), retrying in %.1fs: %s",
+                    attempt,
+                    attempts,
+                    wait,
+                    describe_db_error(exc),
+                )
+                self._retry.sleep(wait)
+        raise AssertionError("unreachable")
+
+    def _step(self, name: str, attempt: int, conn: Any) -> None:
+        if self._on_step is not None:
+            self._on_step(name, attempt, conn.get_backend_pid())
+
+    def _sync_once(self, sources: Mapping[str, Source], provenance: Provenance, attempt: int) -> LoadResult:
+        conn = self._connect()
+        try:
+            conn.autocommit = False
+            cur = conn.cursor()
+            self._step("connected", attempt, conn)
+            cur.execute(sql.LOCK)
+            self._step("locked", attempt, conn)
+            applied = tuple(migrate(cur))
+            cur.execute(sql.SELECT_SOURCES)
+            plan = diff({name: s.sha256 for name, s in sources.items()}, dict(cur.fetchall()))
+            if plan.is_noop and not applied:
+                conn.rollback()  # nothing written: the transaction only read
+                return LoadResult(plan=plan, attempts=attempt)
+            written, counts = self._write(cur, plan, sources)
+            self._step("staged", attempt, conn)
+            written += self._apply(cur, plan, sources, counts, provenance)
+            self._step("applied", attempt, conn)
+            conn.commit()
+        finally:
+            conn.close()
+        answers = sum(a for a, _ in counts.values())
+        rejected = sum(r for _, r in counts.values())
+        return LoadResult(plan, answers + rejected, written, answers, rejected, attempt, applied)
+
+    def _write(
+        self, cur: Any, plan: Plan, sources: Mapping[str, Source]
+    ) -> tuple[int, dict[str, tuple[int, int]]]:
+        """COPY added sources straight into the tables and replaced ones into temporary stages.
+
+        New sources have no rows to keep, so a direct COPY (after clearing rows no qa_sources entry owns) is
+        the cheapest correct write; replaced sources go through a stage so unchanged rows are left alone.
+        """
+        written = 0
+        if plan.added:
+            for table in TABLES:
+                cur.execute(sql.delete_sources(table), (list(plan.added),))
+                written += cur.rowcount
+        if plan.replaced:
+            for table in TABLES:
+                cur.execute(sql.create_stage(table))
+        counts: dict[str, tuple[int, int]] = {}
+        total = len(plan.to_write)
+        for i, name in enumerate(plan.to_write, 1):
+            direct = name in plan.added
+            counts[name] = self._copy_source(cur, sources[name], direct)
+            if direct:
+                written += sum(counts[name])
+            log.info("copied %d/%d %s (%d answers, %d rejected)", i, total, name, *counts[name])
+        self._check_sources(cur, plan, sources, counts)
+        return written, counts
+
+    def _copy_source(self, cur: Any, source: Source, direct: bool) -> tuple[int, int]:
+        """COPY one source's two files; PostgreSQL's type checks validate every row on the way in."""
+        files = {ANSWERS_DIR: source.answers, REJECTED_DIR: source.rejected}
+        data = {kind: path.read_bytes() if path else None for kind, path in files.items()}
+        if digest(data[ANSWERS_DIR], data[REJECTED_DIR]) != source.sha256:
+            raise LoadError(f"{source.source_file}: changed while loading; run pg-load again")
+        counts = []
+        for kind, table in ((ANSWERS_DIR, sql.ANSWERS), (REJECTED_DIR, sql.REJECTED)):
+            raw = data[kind]
+            if raw is None:
+                counts.append(0)
+                continue
+            shown = f"{kind}/{source.source_file}"
+            header = ",".join(sql.COLUMNS[table]).encode()
+            if not (raw.startswith(header + b"\n") or raw.startswith(header + b"\r\n") or raw == header):
+                _diagnose(kind, shown, source.source_file, raw)  # raises on a bad header
+            target = table if direct else sql.stage_of(table)
+            try:
+                cur.copy_expert(COPY[target], io.BytesIO(raw), size=1 << 20)
+            except psycopg2.Error as exc:
+                if is_transient(exc):
+                    raise
+                _diagnose(kind, shown, source.source_file, raw)
+                raise _copy_error(shown, exc) from None
+            counts.append(cur.rowcount)
+        return counts[0], counts[1]
+
+    def _check_sources(
+        self, cur: Any, plan: Plan, sources: Mapping[str, Source], counts: Mapping[str, tuple[int, int]]
+    ) -> None:
+        """Every copied row must carry its own file's source_file, or deleting by source would miss it."""
+        for index, (kind, table) in enumerate(((ANSWERS_DIR, sql.ANSWERS), (REJECTED_DIR, sql.REJECTED))):
+            expected = {n: counts[n][index] for n in plan.to_write if counts[n][index]}
+            found: dict[str, int] = {}
+            if plan.added:
+                cur.execute(sql.count_by_source(table), (list(plan.added), list(plan.added)))
+                found.update(cur.fetchall())
+            if plan.replaced:
+                cur.execute(sql.count_by_source(sql.stage_of(table)), (None, None))
+                found.update(cur.fetchall())
+            if found != expected:
+                for name in plan.to_write:
+                    path = getattr(sources[name], "answers" if index == 0 else "rejected")
+                    if path is not None:
+                        _diagnose(kind, f"{kind}/{name}", name, path.read_bytes())
+                raise LoadError(
+                    f"{kind}/: rows whose source_file is not their file's path: {found} != {expected}"
+                )
+
+    def _apply(
+        self,
+        cur: Any,
+        plan: Plan,
+        sources: Mapping[str, Source],
+        counts: Mapping[str, tuple[int, int]],
+        provenance: Provenance,
+    ) -> int:
+        written = 0
+        for table in TABLES:
+            if plan.deleted:
+                cur.execute(sql.delete_sources(table), (list(plan.deleted),))
+                written += cur.rowcount
+            if plan.replaced:
+                cur.execute(sql.delete_stale(table), (list(plan.replaced),))
+                written += cur.rowcount
+                cur.execute(sql.upsert_from_stage(table))
+                written += cur.rowcount
+        if plan.deleted:
+            cur.execute(sql.DELETE_SOURCES, (list(plan.deleted),))
+        if plan.to_write:
+            rows = [
+                (name, sources[name].sha256, *counts[name], provenance.pach_job_id, provenance.input_commit)
+                for name in plan.to_write
+            ]
+            execute_values(cur, sql.UPSERT_SOURCES, rows, page_size=1000)
+        return written
+
+
+def _diagnose(kind: str, path: str, source_file: str, data: bytes) -> None:
+    """Re-read a file PostgreSQL refused with the contract checker, which names record and column."""
+    (check_answers if kind == ANSWERS_DIR else check_rejected)(path, source_file, data)
+
+
+def _copy_error(path: str, exc: psycopg2.Error) -> RowError:
+    """Name the file, record and column of a row PostgreSQL refused during COPY."""
+    context = (exc.diag.context or "") if exc.diag else ""
+    match = re.search(r"line (\d+)(?:, column (\w+))?", context)
+    reason = describe_db_error(exc)
+    if match:
+        # COPY counts the header as line 1.
+        return RowError(path, reason, int(match.group(1)) - 1, match.group(2))
+    return RowError(path, reason)

