@@ -115,8 +115,13 @@ def run_answer(flags: Mapping[str, object], env: Mapping[str, str]) -> int:
     from qa_answer.answer_run import answer_folder
     from qa_answer.qa_core import load_qa_model
 
-    model = load_qa_model(settings.qa)
     progress = sys.stderr.isatty()
+    if not progress:
+        # transformers draws its own bars (weight loading) even into log files; keep logs to events.
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+    model = load_qa_model(settings.qa)
     with _tqdm_safe_logging(progress):
         summary = answer_folder(settings.in_dir, settings.out_dir, model, settings.chunk_rows, progress)
     print(summary.line(), file=sys.stdout, flush=True)
