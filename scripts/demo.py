@@ -64,12 +64,17 @@ def parse_settings(argv: list[str] | None) -> DemoSettings:
 
 def check_model(settings: DemoSettings) -> str | None:
     """None when the model can be loaded, else an explanation of how to get one offline."""
+    how = (
+        "No model hub is reachable? Build a small offline model and point QA_MODEL at it:\n"
+        "    .venv/bin/python scripts/make_tiny_model.py .demo/tiny-model\n"
+        "    QA_MODEL=.demo/tiny-model make demo\n"
+        "(random weights: the answers are arbitrary spans, the pipeline is the real one), or download\n"
+        f"{DEFAULT_MODEL} on a connected machine and set QA_MODEL to that folder."
+    )
     if Path(settings.model).is_dir():
-        return (
-            None
-            if (Path(settings.model) / "config.json").exists()
-            else f"{settings.model} has no config.json"
-        )
+        if (Path(settings.model) / "config.json").exists():
+            return None
+        return f"QA_MODEL folder {settings.model} holds no config.json\n{how}"
     try:
         from transformers import AutoConfig
 
@@ -77,13 +82,6 @@ def check_model(settings: DemoSettings) -> str | None:
         return None
     except Exception as exc:  # offline, unknown id...: explain instead of a traceback
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        how = (
-            "No model hub is reachable, so build a small offline model and point QA_MODEL at it:\n"
-            "    .venv/bin/python scripts/make_tiny_model.py .demo/tiny-model\n"
-            "    QA_MODEL=.demo/tiny-model make demo\n"
-            "(random weights: the answers are arbitrary spans, the pipeline is the real one), or download\n"
-            f"{DEFAULT_MODEL} on a connected machine and set QA_MODEL to that folder."
-        )
         which = "the default model" if settings.model_is_default else "QA_MODEL"
         return f"cannot load {which} {settings.model!r}: {first_line}\n{how}"
 
