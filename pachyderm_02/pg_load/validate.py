@@ -148,13 +148,26 @@ def _json_object(path: str, record: int, column: str, value: str) -> None:
     if not isinstance(obj, dict):
         raise RowError(path, f"not a JSON object: {value[:40]!r}", record, column)
     if "\\u" in value:  # escapes can smuggle in what jsonb refuses: \u0000 and lone surrogates
-        canonical = json.dumps(obj, ensure_ascii=False)
-        if "\x00" in canonical:
-            raise RowError(path, "contains \\u0000 (PostgreSQL jsonb cannot store it)", record, column)
-        try:
-            canonical.encode(ENCODING)
-        except UnicodeEncodeError:
-            raise RowError(path, "contains a lone UTF-16 surrogate escape", record, column) from None
+        for text in _strings(obj):
+            if "\x00" in text:
+                raise RowError(path, "contains \\u0000 (PostgreSQL jsonb cannot store it)", record, column)
+            try:
+                text.encode(ENCODING)
+            except UnicodeEncodeError:
+                raise RowError(path, "contains a lone UTF-16 surrogate escape", record, column) from None
+
+
+def _strings(obj):
+    """Every key and string value inside a parsed JSON document."""
+    if isinstance(obj, str):
+        yield obj
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            yield key
+            yield from _strings(value)
+    elif isinstance(obj, list):
+        for value in obj:
+            yield from _strings(value)
 
 
 def _raise_field_limit() -> None:
