@@ -106,6 +106,8 @@ def test_answers_every_file_into_the_contract_layout(in_dir, tmp_path, tiny_qa_m
         (7, "row has 5 fields, the header has 4"),
     ]
     assert rejected[2].raw == "a7,too,many,fields,here"
+    original = f"a5,{'the ' * 300}?,{LONG_CONTEXT},en"  # the model's failures keep the original text too
+    assert rejected[1].raw == original[:2000] + f"...[{len(original) - 2000} more chars]"
 
     assert read_outputs(out, "header_only.csv") == ([], [])
     answers, rejected = read_outputs(out, "latin1.csv")

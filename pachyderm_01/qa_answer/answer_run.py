@@ -27,6 +27,7 @@ from qa_answer.contract import (
     REJECTED_DIR,
     AnswerRow,
     RejectedRow,
+    escape_raw,
     write_csv,
 )
 from qa_answer.csv_input import read_question_chunks
@@ -135,7 +136,8 @@ def answer_file(
                     )
                 for row, result in zip(chunk.rows, results, strict=True):
                     if isinstance(result, RowFailure):
-                        rejects.write(RejectedRow(source_file, row.row_number, result.reason, _raw(row)))
+                        raw = escape_raw(row.raw)
+                        rejects.write(RejectedRow(source_file, row.row_number, result.reason, raw))
                         rejected += 1
                         continue
                     answers.write(
@@ -167,14 +169,6 @@ def answer_file(
         log.info(
             "%s: %d rows, %d answered, %d rejected", source_file, answered + rejected, answered, rejected
         )
-
-
-def _raw(row) -> str:
-    """The ``raw`` column for a parsed row the model could not answer: its fields as one CSV line."""
-    from qa_answer.contract import dumps, escape_raw
-
-    text = dumps(["id", "question", "context"], [[row.id, row.question, row.context]])
-    return escape_raw(text.split("\n", 1)[1].rstrip("\n"))
 
 
 class _AtomicCsv:

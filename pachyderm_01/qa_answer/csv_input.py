@@ -42,6 +42,8 @@ class QuestionRow:
     question: str
     context: str
     extra: dict[str, str] = field(default_factory=dict)
+    #: the record's original text, for the rejected file should the model fail on it
+    raw: str = field(default="", compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,7 @@ def read_question_chunks(stream: BinaryIO, chunk_rows: int = 512) -> Iterator[Ch
             if not record:
                 continue  # a blank line is not a record
             row_number += 1
-            parsed = _parse_record(record, header, row_number)
+            parsed = _parse_record(record, header, row_number, raw)
             if isinstance(parsed, str):
                 chunk.rejected.append(RowRejection(row_number, parsed, _raw_text(raw)))
             else:
@@ -192,7 +194,7 @@ def _read_header(reader: Iterator[list[str]], lines: _RecordingLines) -> _Header
     )
 
 
-def _parse_record(record: list[str], header: _Header, row_number: int) -> QuestionRow | str:
+def _parse_record(record: list[str], header: _Header, row_number: int, raw: str) -> QuestionRow | str:
     """The row, or the reason it cannot be answered."""
     if len(record) != header.size:
         noun = "field" if len(record) == 1 else "fields"
@@ -214,6 +216,7 @@ def _parse_record(record: list[str], header: _Header, row_number: int) -> Questi
         question=question,
         context=context,
         extra={name: record[index] for name, index in header.extras},
+        raw=raw,
     )
 
 

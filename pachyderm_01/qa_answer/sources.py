@@ -81,6 +81,7 @@ class GCSSource:
 
     def list_csv(self) -> Iterator[SourceObject]:
         from google.api_core import exceptions
+        from google.auth.exceptions import GoogleAuthError
 
         try:
             for blob in self.client.list_blobs(self.bucket, prefix=self.prefix or None):
@@ -93,6 +94,10 @@ class GCSSource:
             raise SourceError(f"permission denied listing {self.url}: {exc.message}") from None
         except exceptions.GoogleAPIError as exc:
             raise SourceError(f"cannot list {self.url}: {exc}") from None
+        except GoogleAuthError as exc:
+            raise SourceError(
+                f"cannot authenticate to GCS to list {self.url}: {type(exc).__name__}: {exc}"
+            ) from None
 
     def fetch(self, obj: SourceObject, dest: Path) -> SourceObject | None:
         from google.api_core import exceptions
