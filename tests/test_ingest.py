@@ -220,6 +220,32 @@ def test_missing_credentials_file_is_named(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        ("{}", "The file {key} does not have a valid type."),
+        ("not json", "File {key} is not a valid json file."),
+        (
+            '{"type": "service_account", "private_key": "-----BEGIN PRIVATE KEY-----\\nSECRET\\n'
+            '-----END PRIVATE KEY-----\\n", "client_email": "a@b.c", "token_uri": "https://x"}',
+            "Failed to load service account credentials from {key}",
+        ),
+    ],
+)
+def test_unusable_credentials_file_is_named_without_its_content(content, reason, tmp_path, capsys):
+    key = tmp_path / "key.json"
+    key.write_text(content)
+    env = {"GOOGLE_APPLICATION_CREDENTIALS": str(key)}
+    with pytest.MonkeyPatch.context() as patch:  # google-auth reads the real environment
+        patch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key))
+        patch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+        assert main(["ingest", "gs://bucket/x", str(tmp_path / "out")], env=env) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"qa-answer: error: cannot use GOOGLE_APPLICATION_CREDENTIALS={key}: ")
+    assert reason.format(key=key) in err
+    assert "SECRET" not in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
     ("url", "bucket", "prefix"),
     [
         ("gs://b-1", "b-1", ""),

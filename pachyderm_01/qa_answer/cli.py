@@ -101,7 +101,7 @@ def run_ingest(flags: Mapping[str, object], env: Mapping[str, str]) -> int:
     settings = ingest_settings(flags, env)
     if isinstance(settings.source, GCSLocation):
         _quiet_google_warnings()
-        client = gcs_client(settings.emulator_host, settings.project)
+        client = gcs_client(settings.emulator_host, settings.project, settings.credentials_file)
         source = GCSSource(client, settings.source.bucket, settings.source.prefix)
     else:
         source = LocalFolderSource(settings.source)

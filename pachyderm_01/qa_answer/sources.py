@@ -165,7 +165,7 @@ def verify_download(path: Path, crc32c: str | None, md5: str | None) -> None:
     raise ChecksumMismatch("the object has neither a crc32c nor an md5 checksum")
 
 
-def gcs_client(emulator_host: str | None, project: str | None) -> Any:
+def gcs_client(emulator_host: str | None, project: str | None, credentials_file: Path | None = None) -> Any:
     """The real client: anonymous against an emulator, else Application Default Credentials."""
     from google.auth.exceptions import DefaultCredentialsError
     from google.cloud import storage
@@ -181,7 +181,13 @@ def gcs_client(emulator_host: str | None, project: str | None) -> Any:
     try:
         return storage.Client(project=project)
     except DefaultCredentialsError as exc:
+        if credentials_file is None:
+            raise SourceError(
+                "no Google credentials found: set GOOGLE_APPLICATION_CREDENTIALS to a service-account key "
+                "file (or STORAGE_EMULATOR_HOST for an emulator)"
+            ) from None
+        # Only google-auth's own first sentence: never anything that could quote the key file.
+        first = exc.args[0] if exc.args and isinstance(exc.args[0], str) else type(exc).__name__
         raise SourceError(
-            "no Google credentials: set GOOGLE_APPLICATION_CREDENTIALS to a service-account key file "
-            f"(or STORAGE_EMULATOR_HOST for an emulator) [{type(exc).__name__}]"
+            f"cannot use GOOGLE_APPLICATION_CREDENTIALS={credentials_file}: {first.splitlines()[0][:300]}"
         ) from None
