@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from concurrent import futures
@@ -472,3 +473,15 @@ def test_script_defaults_to_the_three_real_specs():
         "qa-answer",
         "pg-load",
     ]
+
+
+def test_every_variable_the_deployment_tools_read_is_documented():
+    docs = (ROOT / "docs" / "deployment.md").read_text()
+    names = set(re.findall(r'env\.get\("([A-Z_]+)"\)', DEPLOY.read_text()))
+    for script in ("create_secret.sh", "create_secret_db.sh"):
+        names |= set(re.findall(r"\$\{?((?:PG|GOOGLE)_[A-Z_]+)", (ROOT / "scripts" / script).read_text()))
+    workflow = (ROOT / ".github" / "workflows" / "ci.yml").read_text()
+    names |= set(re.findall(r"\b(?:secrets|vars)\.([A-Z_]+)", workflow))
+    assert {"IMAGE_TAG", "PACHD_ADDRESS", "PG_SSLCLIENT_CERT", "DOCKERHUB_TOKEN", "PUSH_LATEST"} <= names
+    missing = sorted(n for n in names if f"`{n}`" not in docs)
+    assert not missing, f"not in docs/deployment.md: {missing}"
