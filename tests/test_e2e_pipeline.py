@@ -161,3 +161,35 @@ def test_incremental_pipeline_through_the_local_runner(
     assert [r[1] for r in partial] == [1, 2] and all(r[2] for r in partial)
     assert [r[1] for r in rows_of(final, "answers", "partial.csv")] == [3]
     assert [r for r in final["answers"] if r[0] != "partial.csv"] == deleted["answers"]
+
+
+@pytest.mark.slow
+def test_questions_repo_instead_of_gcs(tmp_path, tiny_qa_model_dir):
+    """docs/pipeline.md's one-line change: qa-answer reads a `questions` repo filled with put-file."""
+    spec_text = (ROOT / "specs" / "qa-answer.json").read_text()
+    changed = spec_text.replace('"repo": "gcs-ingest"', '"repo": "questions"')
+    diff = [(a, b) for a, b in zip(spec_text.splitlines(), changed.splitlines(), strict=True) if a != b]
+    assert len(diff) == 1
+    spec = tmp_path / "qa-answer.json"
+    spec.write_text(changed)
+    (tmp_path / "in" / "team").mkdir(parents=True)
+    (tmp_path / "in" / "team" / "c.csv").write_text(C_CSV)
+    root = str(tmp_path / "pachyderm")
+    cli = [sys.executable, "-m", "pachyderm_local.cli", "--root", root]
+    subprocess.run([*cli, "put-file", "questions", str(tmp_path / "in")], check=True, capture_output=True)
+    proc = subprocess.run(
+        [*cli, "run", str(spec), "--env", f"QA_MODEL={tiny_qa_model_dir}"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["qa-answer: processed=1 skipped=0 failed=0"]
+    listing = subprocess.run(
+        [*cli, "list-files", "qa-answer"], capture_output=True, text=True, check=True
+    ).stdout
+    assert [line.split("\t")[0] for line in listing.splitlines()] == [
+        "/answers/team/c.csv",
+        "/rejected/team/c.csv",
+    ]
