@@ -191,3 +191,26 @@ def test_chunks_are_bounded_and_reconcile_on_a_larger_file():
 def test_rejects_a_nonpositive_chunk_size():
     with pytest.raises(ValueError, match="chunk_rows must be at least 1"):
         list(read_question_chunks(io.BytesIO(b"question,context\n"), 0))
+
+
+def _peak_bytes_reading(rows: int, chunk_rows: int) -> int:
+    import tracemalloc
+
+    data = b"question,context\n" + b"".join(
+        b"Where is row %d?,Row %d is in the middle of the file.\n" % (i, i) for i in range(rows)
+    )
+    stream = io.BytesIO(data)
+    tracemalloc.start()
+    try:
+        count = sum(len(chunk) for chunk in read_question_chunks(stream, chunk_rows))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert count == rows
+    return peak
+
+
+def test_memory_does_not_grow_with_file_size():
+    small = _peak_bytes_reading(5_000, chunk_rows=100)
+    large = _peak_bytes_reading(50_000, chunk_rows=100)
+    assert large < 1.5 * small, (small, large)
