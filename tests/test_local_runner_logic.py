@@ -148,6 +148,8 @@ def test_spec_version_changes_with_transform_and_spec_env_overrides_only():
     assert spec_version(base, {"QA_MODEL": "m2"}) != spec_version(base, {"QA_MODEL": "m1"})
     other_cmd = parse_spec({**base.raw, "transform": {**base.raw["transform"], "cmd": ["false"]}})
     assert spec_version(other_cmd, {}) != spec_version(base, {})
+    new_image = parse_spec({**base.raw, "transform": {**base.raw["transform"], "image": "x:sha2"}})
+    assert spec_version(new_image, {}) == spec_version(base, {})
     more_workers = parse_spec({**base.raw, "parallelism_spec": {"constant": 8}})
     assert spec_version(more_workers, {}) == spec_version(base, {})
 

@@ -199,7 +199,8 @@ def spec_version(spec: PipelineSpec, effective_env: dict[str, str]) -> str:
     secrets or the process environment are not part of it, as in Pachyderm.
     """
     material = {
-        "transform": spec.raw.get("transform", {}),
+        # The image is not used locally (the deploy step swaps its tag per commit).
+        "transform": {k: v for k, v in spec.raw.get("transform", {}).items() if k != "image"},
         "input": spec.raw.get("input", {}),
         "salt": spec.raw.get("salt", ""),
         "env": {k: effective_env.get(k, v) for k, v in sorted(spec.env.items())},
