@@ -243,3 +243,33 @@ def test_missing_input_repo_and_bad_spec_are_clear_errors(pl, tmp_path):
     bad.write_text(json.dumps({"pipeline": {"name": "bad"}, "input": {"pfs": {"repo": "r", "glob": "/*"}}}))
     code, _, err = pl("run", str(bad))
     assert code == 2 and "bad.json: transform.cmd must be a non-empty list" in err
+
+
+def test_mounted_secret_maps_to_a_local_folder_and_stdin_is_rewritten(pl, tmp_path):
+    pl("put-file", "raw", str(make_files(tmp_path / "src", {"x": "1"})))
+    keys = make_files(tmp_path / "keys", {"key.json": '{"k": 1}'})
+    raw = {
+        "pipeline": {"name": "sec"},
+        "input": {"pfs": {"repo": "raw", "glob": "/"}},
+        "transform": {
+            "cmd": ["sh"],
+            "stdin": [
+                'cat "$KEYFILE" > /pfs/out/k 2>/dev/null || echo unset > /pfs/out/k',
+                "cp /pfs/raw/x /pfs/out/x",
+            ],
+            "env": {"KEYFILE": "/var/secrets/app/key.json"},
+            "secrets": [{"name": "app-key", "mount_path": "/var/secrets/app"}],
+        },
+    }
+    spec = tmp_path / "sec.json"
+    spec.write_text(json.dumps(raw))
+    code, _, err = pl("run", str(spec), "--secret-dir", f"app-key={keys}")
+    assert code == 0, err
+    assert pl("get-file", "sec:k")[1] == '{"k": 1}' and pl("get-file", "sec:x")[1] == "1"
+
+    raw["transform"]["env"]["OTHER"] = "changed"  # a new spec version, so the datum runs again
+    spec.write_text(json.dumps(raw))
+    code, _, err = pl("run", str(spec))
+    assert code == 0
+    assert "KEYFILE left unset: it points into secret 'app-key'" in err
+    assert pl("get-file", "sec:k")[1] == "unset\n"
