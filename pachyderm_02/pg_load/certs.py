@@ -62,6 +62,9 @@ def connect_params(settings: ConnectionSettings) -> Iterator[dict[str, str]]:
             value = getattr(settings, key)
             if not value:
                 continue
+            if key == "sslrootcert" and value == "system":  # libpq >= 16: the OS trust store
+                params[key] = value
+                continue
             content = pem_content(value)
             path = Path(value).expanduser() if content is None else None
             if path is not None and not path.is_file():

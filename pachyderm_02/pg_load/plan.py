@@ -24,6 +24,8 @@ class Source:
     answers: Path | None
     rejected: Path | None
     sha256: str
+    #: (size, mtime_ns) of each file when it was hashed, to notice a file rewritten during the load cheaply
+    stamp: tuple[tuple[int, int] | None, tuple[int, int] | None] = (None, None)
 
 
 @dataclass(frozen=True)
@@ -73,9 +75,17 @@ def scan(in_dir: Path) -> dict[str, Source]:
     sources = {}
     for rel in sorted(found):
         answers, rejected = found[rel].get(ANSWERS_DIR), found[rel].get(REJECTED_DIR)
+        stamp = (file_stamp(answers), file_stamp(rejected))
         sha = digest(answers.read_bytes() if answers else None, rejected.read_bytes() if rejected else None)
-        sources[rel] = Source(rel, answers, rejected, sha)
+        sources[rel] = Source(rel, answers, rejected, sha, stamp)
     return sources
+
+
+def file_stamp(path: Path | None) -> tuple[int, int] | None:
+    if path is None:
+        return None
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
 
 
 def diff(current: Mapping[str, str], loaded: Mapping[str, str]) -> Plan:
