@@ -1,0 +1,214 @@
+#!/usr/bin/env python
+"""Questions/second of the seed projects' per-row QA pipeline vs qa-answer's batched core (fp32 and bf16).
+
+One run, same rows, same model (distilbert-base architecture with random weights: same FLOPs as the real
+model, no download) and a tokenizer built from a generated ~30k-token WordPiece vocabulary. Variants run
+interleaved (A B C A B C ...) so machine noise hits all of them alike; medians are reported.
+
+    A  transformers 5.2 pipeline("question-answering") called once per row, fp32 (the seed projects' way)
+    B  qa_answer.qa_core, fp32
+    C  qa_answer.qa_core, bf16
+
+The last two lines are ``speedup_fp32_vs_per_row_pipeline: X`` and ``speedup_bf16_vs_per_row_pipeline: Y``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import string
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=512, help="rows per round (default 512)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved A/B/C rounds (default 3)")
+    parser.add_argument(
+        "--batch-size", type=int, default=32, help="core: windows per forward pass (default 32)"
+    )
+    parser.add_argument(
+        "--chunk-rows", type=int, default=256, help="core: rows per answer() call (default 256)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch intra-op threads (default: torch's choice)"
+    )
+    parser.add_argument(
+        "--long-share", type=float, default=0.10, help="share of ~600-word contexts (default 0.1)"
+    )
+    parser.add_argument("--vocab-size", type=int, default=30000, help="generated WordPiece vocabulary size")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def generated_vocab(size: int, rng: random.Random) -> tuple[list[str], list[str]]:
+    """A WordPiece vocabulary of ``size`` tokens, and the whole words in it (for text generation)."""
+    chars = list(string.ascii_letters + string.digits + string.punctuation)
+    tokens = SPECIALS + chars + ["##" + c for c in string.ascii_lowercase + string.digits]
+    seen = set(tokens)
+    words: list[str] = []
+    consonants, vowels = "bcdfghjklmnprstvwz", "aeiou"
+
+    def syllable() -> str:
+        return rng.choice(consonants) + rng.choice(vowels) + rng.choice(["", "", "n", "r", "s", "l"])
+
+    while len(tokens) < size:
+        if rng.random() < 0.2:  # continuation pieces so unseen words split into several tokens
+            token = "##" + "".join(syllable() for _ in range(rng.randint(1, 2)))
+        else:
+            token = "".join(syllable() for _ in range(rng.randint(1, 4)))
+            if rng.random() < 0.15:
+                token = token.capitalize()
+        if token not in seen:
+            seen.add(token)
+            tokens.append(token)
+            if not token.startswith("##"):
+                words.append(token)
+    return tokens, words
+
+
+def generated_rows(
+    count: int, words: list[str], long_share: float, rng: random.Random
+) -> tuple[list[str], list[str]]:
+    """SQuAD-like rows: ~10-word questions, ~150-word contexts, ``long_share`` of ~600-word contexts."""
+    weights = [1.0 / (rank + 1) for rank in range(len(words))]  # Zipf-like word frequencies
+
+    def text(n: int) -> str:
+        chosen = rng.choices(words, weights=weights, k=n)
+        out = []
+        for i, word in enumerate(chosen):
+            if rng.random() < 0.05:  # an out-of-vocabulary compound, split by WordPiece
+                word = word + rng.choice(words).lower()
+            out.append(word + ("." if i % 17 == 16 else "," if i % 7 == 6 else ""))
+        return " ".join(out)
+
+    questions, contexts = [], []
+    for i in range(count):
+        questions.append(text(rng.randint(7, 13)) + "?")
+        long = i < round(count * long_share)
+        contexts.append(text(rng.randint(550, 650) if long else rng.randint(120, 180)))
+    order = list(range(count))
+    rng.shuffle(order)
+    return [questions[i] for i in order], [contexts[i] for i in order]
+
+
+def build_model(folder: Path, vocab: list[str], seed: int) -> Path:
+    """distilbert-base-sized QA model with random weights + fast tokenizer, saved to ``folder``."""
+    import torch
+    from transformers import DistilBertConfig, DistilBertForQuestionAnswering, DistilBertTokenizerFast
+
+    torch.manual_seed(seed)
+    model = DistilBertForQuestionAnswering(DistilBertConfig(vocab_size=len(vocab)))
+    model.save_pretrained(folder)
+    tokenizer = DistilBertTokenizerFast(vocab={t: i for i, t in enumerate(vocab)}, do_lower_case=False)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def timed(run: Callable[[], list], rows: int) -> tuple[float, list]:
+    start = time.perf_counter()
+    result = run()
+    return rows / (time.perf_counter() - start), result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    import torch
+    from qa_answer.qa_config import QAConfig
+    from qa_answer.qa_core import RowFailure, load_qa_model
+    from transformers import pipeline
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rng = random.Random(args.seed)
+    vocab, words = generated_vocab(args.vocab_size, rng)
+    questions, contexts = generated_rows(args.rows, words, args.long_share, rng)
+
+    with tempfile.TemporaryDirectory(prefix="qa-bench-") as tmp:
+        folder = build_model(Path(tmp) / "distilbert-base-random", vocab, args.seed)
+        per_row = pipeline("question-answering", model=str(folder), tokenizer=str(folder), device="cpu")
+        core = {
+            p: load_qa_model(
+                QAConfig(model=str(folder), batch_size=args.batch_size, device="cpu", precision=p)
+            )
+            for p in ("fp32", "bf16")
+        }
+        windows = sum(
+            len(e)
+            for e in per_row.tokenizer(
+                questions,
+                contexts,
+                truncation="only_second",
+                max_length=384,
+                stride=128,
+                return_overflowing_tokens=True,
+            )["input_ids"]
+        )
+        print(
+            f"rows={args.rows} windows={windows} threads={torch.get_num_threads()} "
+            f"batch_size={args.batch_size} chunk_rows={args.chunk_rows} vocab={len(vocab)} "
+            f"torch={torch.__version__}",
+            flush=True,
+        )
+
+        def run_pipeline() -> list:
+            return [per_row(question=q, context=c) for q, c in zip(questions, contexts, strict=True)]
+
+        def run_core(precision: str) -> Callable[[], list]:
+            def run() -> list:
+                out: list = []
+                for i in range(0, len(questions), args.chunk_rows):
+                    out.extend(
+                        core[precision].answer(
+                            questions[i : i + args.chunk_rows], contexts[i : i + args.chunk_rows]
+                        )
+                    )
+                return out
+
+            return run
+
+        variants = {"A": run_pipeline, "B": run_core("fp32"), "C": run_core("bf16")}
+        rates: dict[str, list[float]] = {k: [] for k in variants}
+        last: dict[str, list] = {}
+        for round_no in range(1, args.rounds + 1):
+            for key, run in variants.items():
+                rate, last[key] = timed(run, args.rows)
+                rates[key].append(rate)
+                print(f"round {round_no} {key}: {rate:.2f} q/s", flush=True)
+
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    failures = sum(isinstance(r, RowFailure) for k in "BC" for r in last[k])
+    same_as_pipeline = sum(
+        not isinstance(b, RowFailure) and (b.answer, b.start, b.end) == (a["answer"], a["start"], a["end"])
+        for a, b in zip(last["A"], last["B"], strict=True)
+    )
+    bf16_same = sum(
+        not isinstance(b, RowFailure)
+        and not isinstance(c, RowFailure)
+        and (b.start, b.end) == (c.start, c.end)
+        for b, c in zip(last["B"], last["C"], strict=True)
+    )
+    print(
+        f"median q/s: A per-row pipeline fp32 {med['A']:.2f}, B core fp32 {med['B']:.2f}, "
+        f"C core bf16 {med['C']:.2f} (rounds={args.rounds})"
+    )
+    print(f"core rows failed: {failures}")
+    print(f"fp32_core_same_answer_as_pipeline: {same_as_pipeline / args.rows:.4f}")
+    print(f"bf16_same_answer_as_fp32: {bf16_same / args.rows:.4f}")
+    print(f"speedup_fp32_vs_per_row_pipeline: {med['B'] / med['A']:.2f}")
+    print(f"speedup_bf16_vs_per_row_pipeline: {med['C'] / med['A']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
