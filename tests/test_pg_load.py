@@ -346,3 +346,29 @@ def test_unreachable_database_is_retried_then_reported(tmp_path, tree):
     )
     with pytest.raises(psycopg2.OperationalError):
         psycopg2.connect(host=str(tmp_path), port=1, dbname="x")
+
+
+def test_a_file_rewritten_during_the_load_is_not_recorded(pg_database, tree):
+    def rewrite(step: str, attempt: int, pid: int) -> None:
+        if step == "locked":
+            write_source(tree, "a.csv", [answer("a.csv", 1, answer="Ann")])
+
+    with pytest.raises(LoadError, match=r"^a\.csv: changed while loading; run pg-load again$"):
+        run(settings(pg_database, tree, max_attempts=1), on_step=rewrite)
+    run(settings(pg_database, tree))  # the next run loads what is there now
+    db = pg_database.connect()
+    assert table_state(db) == expected_from_files(tree)
+    db.close()
+
+
+def test_megabyte_contexts_stream_through(pg_database, tmp_path):
+    root = tmp_path / "qa-answer"
+    context = "word " * 220_000 + "Paris"  # ~1.1 MB: more than one 1 MiB COPY chunk
+    write_source(root, "big.csv", [answer("big.csv", 1, context=context), answer("big.csv", 2)])
+    summary = run(settings(pg_database, root))
+    assert summary.result.answer_rows == 2
+    db = pg_database.connect()
+    with db.cursor() as cur:
+        cur.execute("SELECT length(context), answer_start FROM qa_answers WHERE row_number = 1")
+        assert cur.fetchone() == (len(context), context.index("Paris"))
+    db.close()

@@ -42,6 +42,7 @@ def answers_csv(source: str, n: int = 2, **overrides: str) -> bytes:
         ({"a": "1"}, {"a": "1"}, Plan(("a",), (), (), ())),
         ({"a": "1", "b": "9"}, {"a": "1", "b": "2", "c": "3"}, Plan(("a",), (), ("b",), ("c",))),
         ({}, {"a": "1"}, Plan((), (), (), ("a",))),
+        ({"new": None, "a": "1"}, {"a": "1"}, Plan(("a",), ("new",), (), ())),  # new sources need no digest
     ],
 )
 def test_diff_sorts_sources_into_unchanged_added_replaced_deleted(current, loaded, expected):
@@ -75,7 +76,15 @@ def test_scan_pairs_answers_and_rejected_by_relative_path(tmp_path):
     assert list(sources) == ["only.csv", "sub/y.csv", "x.csv"]
     assert sources["x.csv"].answers == tmp_path / "answers/x.csv"
     assert sources["only.csv"].answers is None and sources["sub/y.csv"].rejected is None
-    assert sources["x.csv"].sha256 == digest(b"answers/x.csv", b"rejected/x.csv")
+    assert sources["x.csv"].read_digest() == digest(b"answers/x.csv", b"rejected/x.csv")
+    assert sources["only.csv"].read_digest() == digest(None, b"rejected/only.csv")
+    assert sources["x.csv"].stamp == (
+        (13, (tmp_path / "answers/x.csv").stat().st_mtime_ns),
+        (14, sources["x.csv"].stamp[1][1]),
+    )
+    assert sources["x.csv"].unchanged_since_scan()
+    (tmp_path / "answers/x.csv").write_bytes(b"rewritten")
+    assert not sources["x.csv"].unchanged_since_scan()
 
 
 def test_scan_refuses_a_folder_that_is_not_answering_output(tmp_path):

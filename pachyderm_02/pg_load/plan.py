@@ -23,9 +23,18 @@ class Source:
     source_file: str  # the input CSV's path, e.g. "sub/x.csv"; the key of qa_sources
     answers: Path | None
     rejected: Path | None
-    sha256: str
-    #: (size, mtime_ns) of each file when it was hashed, to notice a file rewritten during the load cheaply
+    #: (size, mtime_ns) of each file at scan time: a file rewritten during the load is noticed cheaply
     stamp: tuple[tuple[int, int] | None, tuple[int, int] | None] = (None, None)
+
+    def files(self) -> tuple[tuple[str, Path | None], tuple[str, Path | None]]:
+        return (ANSWERS_DIR, self.answers), (REJECTED_DIR, self.rejected)
+
+    def unchanged_since_scan(self) -> bool:
+        return (file_stamp(self.answers), file_stamp(self.rejected)) == self.stamp
+
+    def read_digest(self) -> str:
+        """The source's sha256 (see :func:`digest`), reading both files."""
+        return digest(*(path.read_bytes() if path else None for _, path in self.files()))
 
 
 @dataclass(frozen=True)
@@ -44,27 +53,30 @@ class Plan:
         return not (self.added or self.replaced or self.deleted)
 
 
+def frame(name: str, size: int | None) -> bytes:
+    """What precedes a file's bytes in a digest: its folder and length, or that it is absent."""
+    return f"{name}:absent;".encode() if size is None else f"{name}:{size};".encode()
+
+
 def digest(answers: bytes | None, rejected: bytes | None) -> str:
-    """sha256 of a source: both files, each framed by name and length so no two layouts collide."""
+    """sha256 of a source: both files, each framed by folder and length so no two layouts collide."""
     h = hashlib.sha256()
     for name, data in ((ANSWERS_DIR, answers), (REJECTED_DIR, rejected)):
-        if data is None:
-            h.update(f"{name}:absent;".encode())
-        else:
-            h.update(f"{name}:{len(data)};".encode())
+        h.update(frame(name, None if data is None else len(data)))
+        if data is not None:
             h.update(data)
     return h.hexdigest()
 
 
 def scan(in_dir: Path) -> dict[str, Source]:
-    """Every source under ``in_dir`` by source_file (sorted), with its digest."""
+    """Every source under ``in_dir`` by source_file (sorted); digests come later, only where needed."""
     folders = {name: in_dir / name for name in (ANSWERS_DIR, REJECTED_DIR)}
     if not in_dir.is_dir():
         raise InputError(f"{in_dir}: no such directory")
     if not any(folder.is_dir() for folder in folders.values()):
         # Refuse rather than mirror "nothing": a wrong path must not empty the tables.
         raise InputError(
-            f"{in_dir}: has neither {ANSWERS_DIR}/ nor {REJECTED_DIR}/ (is it the answering output?)"
+            f"{in_dir}: has neither {ANSWERS_DIR}/ nor {REJECTED_DIR}/ (is it the answering step's output?)"
         )
     found: dict[str, dict[str, Path]] = {}
     for name, folder in folders.items():
@@ -75,9 +87,7 @@ def scan(in_dir: Path) -> dict[str, Source]:
     sources = {}
     for rel in sorted(found):
         answers, rejected = found[rel].get(ANSWERS_DIR), found[rel].get(REJECTED_DIR)
-        stamp = (file_stamp(answers), file_stamp(rejected))
-        sha = digest(answers.read_bytes() if answers else None, rejected.read_bytes() if rejected else None)
-        sources[rel] = Source(rel, answers, rejected, sha, stamp)
+        sources[rel] = Source(rel, answers, rejected, (file_stamp(answers), file_stamp(rejected)))
     return sources
 
 
@@ -88,10 +98,13 @@ def file_stamp(path: Path | None) -> tuple[int, int] | None:
     return st.st_size, st.st_mtime_ns
 
 
-def diff(current: Mapping[str, str], loaded: Mapping[str, str]) -> Plan:
-    """Compare digests on disk (``current``) with those recorded in qa_sources (``loaded``)."""
+def diff(current: Mapping[str, str | None], loaded: Mapping[str, str]) -> Plan:
+    """Compare sources on disk (``current``: name -> digest) with qa_sources (``loaded``: name -> digest).
+
+    A source that ``loaded`` lacks is added whatever its content, so its digest may be None (not computed).
+    """
     return Plan(
-        unchanged=tuple(sorted(s for s in current if loaded.get(s) == current[s])),
+        unchanged=tuple(sorted(s for s in current if s in loaded and loaded[s] == current[s])),
         added=tuple(sorted(s for s in current if s not in loaded)),
         replaced=tuple(sorted(s for s in current if s in loaded and loaded[s] != current[s])),
         deleted=tuple(sorted(s for s in loaded if s not in current)),

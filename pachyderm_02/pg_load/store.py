@@ -8,7 +8,7 @@ failures retry the whole transaction with backoff, a bounded number of times. An
 
 from __future__ import annotations
 
-import io
+import hashlib
 import logging
 import random
 import re
@@ -23,7 +23,7 @@ from qa_answer.contract import ANSWERS_DIR, REJECTED_DIR
 
 from . import sql
 from .migrate import migrate
-from .plan import Plan, Source, diff, file_stamp
+from .plan import Plan, Source, diff, frame
 from .validate import RowError, check_answers, check_rejected
 
 log = logging.getLogger("pg_load")
@@ -161,13 +161,16 @@ class PostgresAnswerStore:
             self._step("locked", attempt, conn)
             applied = tuple(migrate(cur))
             cur.execute(sql.SELECT_SOURCES)
-            plan = diff({name: s.sha256 for name, s in sources.items()}, dict(cur.fetchall()))
+            loaded = dict(cur.fetchall())
+            # Only sources qa_sources knows need hashing up front; new ones are hashed while they stream.
+            digests = {name: s.read_digest() for name, s in sources.items() if name in loaded}
+            plan = diff({name: digests.get(name) for name in sources}, loaded)
             if plan.is_noop and not applied:
                 conn.rollback()  # nothing written: the transaction only read
                 return LoadResult(plan=plan, attempts=attempt)
-            written, counts = self._write(cur, plan, sources)
+            written, counts = self._write(cur, plan, sources, digests)
             self._step("staged", attempt, conn)
-            written += self._apply(cur, plan, sources, counts, provenance)
+            written += self._apply(cur, plan, digests, counts, provenance)
             self._step("applied", attempt, conn)
             conn.commit()
         finally:
@@ -177,12 +180,13 @@ class PostgresAnswerStore:
         return LoadResult(plan, answers + rejected, written, answers, rejected, attempt, applied)
 
     def _write(
-        self, cur: Any, plan: Plan, sources: Mapping[str, Source]
+        self, cur: Any, plan: Plan, sources: Mapping[str, Source], digests: dict[str, str]
     ) -> tuple[int, dict[str, tuple[int, int]]]:
         """COPY added sources straight into the tables and replaced ones into temporary stages.
 
         New sources have no rows to keep, so a direct COPY (after clearing rows no qa_sources entry owns) is
         the cheapest correct write; replaced sources go through a stage so unchanged rows are left alone.
+        Fills ``digests`` for the added sources.
         """
         written = 0
         if plan.added:
@@ -196,40 +200,50 @@ class PostgresAnswerStore:
         total = len(plan.to_write)
         for i, name in enumerate(plan.to_write, 1):
             direct = name in plan.added
-            counts[name] = self._copy_source(cur, sources[name], direct)
+            counts[name], sha = self._copy_source(cur, sources[name], direct)
+            if digests.setdefault(name, sha) != sha:
+                raise LoadError(f"{name}: changed while loading; run pg-load again")
             if direct:
                 written += sum(counts[name])
             log.info("copied %d/%d %s (%d answers, %d rejected)", i, total, name, *counts[name])
         self._check_sources(cur, plan, sources, counts)
         return written, counts
 
-    def _copy_source(self, cur: Any, source: Source, direct: bool) -> tuple[int, int]:
-        """COPY one source's two files; PostgreSQL's type checks validate every row on the way in."""
-        files = {ANSWERS_DIR: source.answers, REJECTED_DIR: source.rejected}
-        data = {kind: path.read_bytes() if path else None for kind, path in files.items()}
-        if (file_stamp(source.answers), file_stamp(source.rejected)) != source.stamp:
-            # Pachyderm inputs are immutable; a local folder may not be. Never record a digest of other bytes.
-            raise LoadError(f"{source.source_file}: changed while loading; run pg-load again")
+    def _copy_source(self, cur: Any, source: Source, direct: bool) -> tuple[tuple[int, int], str]:
+        """COPY one source's two files, hashing them on the way; returns (answer, rejected) rows and digest.
+
+        PostgreSQL's type input checks every row; the file streams in 1 MiB chunks, so memory stays flat and
+        the hashing overlaps the server's parsing.
+        """
+        h = hashlib.sha256()
         counts = []
-        for kind, table in ((ANSWERS_DIR, sql.ANSWERS), (REJECTED_DIR, sql.REJECTED)):
-            raw = data[kind]
-            if raw is None:
+        for (kind, path), table, stamp in zip(source.files(), TABLES, source.stamp, strict=True):
+            h.update(frame(kind, stamp[0] if stamp else None))
+            if path is None or stamp is None:
                 counts.append(0)
                 continue
             shown = f"{kind}/{source.source_file}"
             header = ",".join(sql.COLUMNS[table]).encode()
-            if not (raw.startswith(header + b"\n") or raw.startswith(header + b"\r\n") or raw == header):
-                _diagnose(kind, shown, source.source_file, raw)  # raises on a bad header
-            target = table if direct else sql.stage_of(table)
-            try:
-                cur.copy_expert(COPY[target], io.BytesIO(raw), size=1 << 20)
-            except psycopg2.Error as exc:
-                if is_transient(exc):
-                    raise
-                _diagnose(kind, shown, source.source_file, raw)
-                raise _copy_error(shown, exc) from None
+            with path.open("rb") as fh:
+                head = fh.read(len(header) + 2)
+                if not (head.startswith((header + b"\n", header + b"\r\n")) or head == header):
+                    _diagnose(kind, shown, source.source_file, path.read_bytes())  # names the bad header
+                fh.seek(0)
+                reader = _HashingReader(fh, h)
+                try:
+                    cur.copy_expert(COPY[table if direct else sql.stage_of(table)], reader, size=1 << 20)
+                except psycopg2.Error as exc:
+                    if is_transient(exc):
+                        raise
+                    _diagnose(kind, shown, source.source_file, path.read_bytes())
+                    raise _copy_error(shown, exc) from None
+            if reader.size != stamp[0]:
+                raise LoadError(f"{source.source_file}: changed while loading; run pg-load again")
             counts.append(cur.rowcount)
-        return counts[0], counts[1]
+        if not source.unchanged_since_scan():
+            # Pachyderm inputs are immutable; a local folder may not be. Never record a digest of other bytes.
+            raise LoadError(f"{source.source_file}: changed while loading; run pg-load again")
+        return (counts[0], counts[1]), h.hexdigest()
 
     def _check_sources(
         self, cur: Any, plan: Plan, sources: Mapping[str, Source], counts: Mapping[str, tuple[int, int]]
@@ -257,7 +271,7 @@ class PostgresAnswerStore:
         self,
         cur: Any,
         plan: Plan,
-        sources: Mapping[str, Source],
+        digests: Mapping[str, str],
         counts: Mapping[str, tuple[int, int]],
         provenance: Provenance,
     ) -> int:
@@ -275,11 +289,24 @@ class PostgresAnswerStore:
             cur.execute(sql.DELETE_SOURCES, (list(plan.deleted),))
         if plan.to_write:
             rows = [
-                (name, sources[name].sha256, *counts[name], provenance.pach_job_id, provenance.input_commit)
+                (name, digests[name], *counts[name], provenance.pach_job_id, provenance.input_commit)
                 for name in plan.to_write
             ]
             execute_values(cur, sql.UPSERT_SOURCES, rows, page_size=1000)
         return written
+
+
+class _HashingReader:
+    """The file object COPY reads from: hands over chunks and hashes them as they pass."""
+
+    def __init__(self, fh: Any, h: Any):
+        self._fh, self._h, self.size = fh, h, 0
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._fh.read(size)
+        self._h.update(chunk)
+        self.size += len(chunk)
+        return chunk
 
 
 def _diagnose(kind: str, path: str, source_file: str, data: bytes) -> None:
