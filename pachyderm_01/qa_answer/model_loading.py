@@ -128,7 +128,7 @@ def _check_window_fits(config: QAConfig, model: Any, tokenizer: Any) -> None:
 
 
 def _describe_failure(model: str, folder: Path | None, offline: bool, cache: str, exc: BaseException) -> str:
-    cause = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    cause = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
     if folder is not None:
         where = f"looked in local folder {folder.resolve()}"
     elif offline:
@@ -139,6 +139,6 @@ def _describe_failure(model: str, folder: Path | None, offline: bool, cache: str
     else:
         where = (
             f"looked for hub id {model!r} in the Hugging Face cache at {cache} and on the hub "
-            "(network unreachable or id unknown)"
+            "(network unreachable or id unknown; HF_HUB_OFFLINE=1 skips the network)"
         )
     return f"could not load QA model {model!r}: {where}. Cause: {type(exc).__name__}: {cause}. {HOW_TO_FIX}"
