@@ -125,14 +125,16 @@ def test_every_row_gets_one_result_and_failures_do_not_stop_the_chunk(tiny_qa_mo
     config = QAConfig(model=str(tiny_qa_model_dir), max_seq_len=32, doc_stride=8)
     model = load_qa_model(config)
     long_question = " ".join(["What"] * 23) + "?"  # 24 tokens
-    questions = ["Who was born?", "", long_question, "Where?", "   ", "When?", long_question]
+    questions = ["Who was born?", "", long_question, "Where?", "   ", "When?", long_question, "Who?"]
     contexts = ["Curie was born in Warsaw. " * 6, "text", "Paris " * 40, "", "text", "In 1867.", "Paris."]
+    contexts.append("\u200b")  # a zero-width space: not blank, yet no token survives
     results = model.answer(questions, contexts)
     assert len(results) == len(questions)
     assert isinstance(results[0], Span) and isinstance(results[5], Span)
     assert results[1] == RowFailure("empty question")
     assert results[3] == RowFailure("empty context")
     assert results[4] == RowFailure("empty question")
+    assert results[7] == RowFailure("no answer span found in the context")
     assert results[2] == RowFailure(
         "question too long: 24 tokens; with max_seq_len=32 and doc_stride=8 a question may have at most "
         "20 tokens when its context needs more than one window"

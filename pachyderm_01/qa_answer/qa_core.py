@@ -85,7 +85,7 @@ class QAModel:
             raise
         except BaseException as exc:  # one odd row must not stop the file
             return RowFailure(f"decoding failed: {type(exc).__name__}: {exc}")
-        if span is None:
+        if span is None or span.end <= span.start:  # e.g. a context of characters the tokenizer drops
             return RowFailure("no answer span found in the context")
         return Span(answer=context[span.start : span.end], score=span.score, start=span.start, end=span.end)
 
