@@ -7,7 +7,6 @@ killed run never leaves half a file and a re-run simply replaces them.
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 import sys
@@ -27,8 +26,8 @@ from qa_answer.contract import (
     REJECTED_DIR,
     AnswerRow,
     RejectedRow,
+    csv_writer,
     escape_raw,
-    write_csv,
 )
 from qa_answer.csv_input import read_question_chunks
 from qa_answer.qa_core import RowFailure
@@ -184,9 +183,7 @@ class _AtomicCsv:
     def __enter__(self) -> _AtomicCsv:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._stream = self._temp.open("w", encoding=ENCODING, newline="")
-        write_csv(self._stream, self.columns, [])
-        # Same dialect as contract.write_csv, kept open so rows stream in chunk by chunk.
-        self._writer = csv.writer(self._stream, lineterminator="\n")
+        self._writer = csv_writer(self._stream, self.columns)
         return self
 
     def write(self, row: AnswerRow | RejectedRow) -> None:

@@ -115,7 +115,7 @@ def escape_raw(data: bytes | str, limit: int = 2000) -> str:
     text = data.decode(ENCODING, errors="backslashreplace") if isinstance(data, bytes) else data
     out = []
     for ch in text[:limit]:
-        if ch in "\t\n\r" or ch >= " " and ch != "\x7f":
+        if ch in "\t\n\r" or (ch >= " " and ch != "\x7f"):
             out.append(ch)
         else:
             out.append(f"\\x{ord(ch):02x}")
@@ -124,10 +124,16 @@ def escape_raw(data: bytes | str, limit: int = 2000) -> str:
     return "".join(out)
 
 
-def write_csv(stream: TextIO, columns: Iterable[str], records: Iterable[list[str]]) -> int:
-    """Write a header and records in the contract's dialect; returns the number of records."""
+def csv_writer(stream: TextIO, columns: Iterable[str]) -> Any:
+    """A ``csv.writer`` in the contract's dialect with the header already written (rows can stream in)."""
     writer = csv.writer(stream, lineterminator="\n")
     writer.writerow(list(columns))
+    return writer
+
+
+def write_csv(stream: TextIO, columns: Iterable[str], records: Iterable[list[str]]) -> int:
+    """Write a header and records in the contract's dialect; returns the number of records."""
+    writer = csv_writer(stream, columns)
     count = 0
     for record in records:
         writer.writerow(record)
