@@ -14,6 +14,7 @@ import random
 import re
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -198,24 +199,27 @@ class PostgresAnswerStore:
                 cur.execute(sql.create_stage(table))
         counts: dict[str, tuple[int, int]] = {}
         total = len(plan.to_write)
-        for i, name in enumerate(plan.to_write, 1):
-            direct = name in plan.added
-            counts[name], sha = self._copy_source(cur, sources[name], direct)
-            if digests.setdefault(name, sha) != sha:
-                raise LoadError(f"{name}: changed while loading; run pg-load again")
-            if direct:
-                written += sum(counts[name])
-            log.info("copied %d/%d %s (%d answers, %d rejected)", i, total, name, *counts[name])
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pg-load-sha256") as pool:
+            for i, name in enumerate(plan.to_write, 1):
+                direct = name in plan.added
+                counts[name], sha = self._copy_source(cur, sources[name], direct, pool)
+                if digests.setdefault(name, sha) != sha:
+                    raise LoadError(f"{name}: changed while loading; run pg-load again")
+                if direct:
+                    written += sum(counts[name])
+                log.info("copied %d/%d %s (%d answers, %d rejected)", i, total, name, *counts[name])
         self._check_sources(cur, plan, sources, counts)
         return written, counts
 
-    def _copy_source(self, cur: Any, source: Source, direct: bool) -> tuple[tuple[int, int], str]:
+    def _copy_source(
+        self, cur: Any, source: Source, direct: bool, pool: ThreadPoolExecutor
+    ) -> tuple[tuple[int, int], str]:
         """COPY one source's two files, hashing them on the way; returns (answer, rejected) rows and digest.
 
         PostgreSQL's type input checks every row; the file streams in 1 MiB chunks, so memory stays flat and
         the hashing overlaps the server's parsing.
         """
-        h = hashlib.sha256()
+        h = _BackgroundSha256(pool)
         counts = []
         for (kind, path), table, stamp in zip(source.files(), TABLES, source.stamp, strict=True):
             h.update(frame(kind, stamp[0] if stamp else None))
@@ -298,6 +302,19 @@ class PostgresAnswerStore:
             ]
             execute_values(cur, sql.UPSERT_SOURCES, rows, page_size=1000)
         return written
+
+
+class _BackgroundSha256:
+    """sha256 fed through a one-thread pool: hashlib releases the GIL, so hashing overlaps sending to COPY."""
+
+    def __init__(self, pool: ThreadPoolExecutor):
+        self._pool, self._h = pool, hashlib.sha256()
+
+    def update(self, data: bytes) -> None:
+        self._pool.submit(self._h.update, data)  # one worker: updates apply in order
+
+    def hexdigest(self) -> str:
+        return self._pool.submit(self._h.hexdigest).result()
 
 
 class _HashingReader:
