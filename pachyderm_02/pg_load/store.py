@@ -1,9 +1,10 @@
 """The Postgres side of a load: one transaction that makes the tables equal the sources on disk.
 
 Inside a single transaction: take a transaction-level advisory lock (so concurrent loaders queue up), apply
-migrations, read qa_sources, plan, COPY the changed sources' checked CSV bytes into temporary tables, then
-delete/upsert. A crash or a dropped connection at any point leaves the previous state; transient connection
-failures retry the whole transaction with backoff, a bounded number of times. Anything else fails fast.
+migrations, read qa_sources, plan, COPY new sources straight into the tables and changed ones into temporary
+tables, then delete/upsert. A crash or a dropped connection at any point leaves the previous state; transient
+connection failures retry the whole transaction with backoff, a bounded number of times. Anything else fails
+fast, naming the file, record and column.
 """
 
 from __future__ import annotations
