@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # torch is pinned to the CPU wheel so a resolver never pulls a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: venv test lint demo clean
+.PHONY: venv test lint demo tiny-model clean
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -24,6 +24,10 @@ lint: venv
 
 demo: venv
 	$(PY) scripts/demo.py
+
+# No model hub here? A tiny random BERT QA model, for trying the plumbing: QA_MODEL=.demo/tiny-model make demo
+tiny-model: venv
+	$(PY) scripts/make_tiny_model.py .demo/tiny-model
 
 clean:
 	rm -rf .pachyderm-local .demo
