@@ -1,4 +1,4 @@
-"""The code stays ruff-clean (the CI workflow also runs `make lint`; this keeps `make test` honest on its own)."""
+"""The code stays ruff-clean: `make test` checks it too, not only the CI workflow's `make lint`."""
 
 from __future__ import annotations
 
