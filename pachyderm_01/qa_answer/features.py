@@ -143,10 +143,26 @@ def _encode(
     return features
 
 
-def length_sorted_batches(features: Sequence[Feature], batch_size: int) -> list[list[int]]:
-    """Feature indices grouped into batches of similar length, so little compute goes to padding."""
+def length_sorted_batches(
+    features: Sequence[Feature], batch_size: int, max_tokens: int | None = None
+) -> list[list[int]]:
+    """Feature indices in batches of similar length (little compute goes to padding).
+
+    A batch holds at most ``batch_size`` windows and, when ``max_tokens`` is set, at most that many padded
+    tokens (but always one window): on a CPU, activations beyond the cache cost more than batching saves.
+    """
     order = sorted(range(len(features)), key=lambda i: len(features[i]))
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    batches: list[list[int]] = []
+    batch: list[int] = []
+    for index in order:
+        width = len(features[index])  # ascending, so the newest window is the longest
+        if batch and (len(batch) == batch_size or (max_tokens and (len(batch) + 1) * width > max_tokens)):
+            batches.append(batch)
+            batch = []
+        batch.append(index)
+    if batch:
+        batches.append(batch)
+    return batches
 
 
 def pad_batch(features: Sequence[Feature], pad_id: int, multiple: int = 8) -> dict[str, np.ndarray]:

@@ -21,6 +21,9 @@ from .qa_config import QAConfig
 
 #: Rows tokenized and sorted together; bounds memory whatever the caller passes.
 ROWS_PER_GROUP = 1024
+#: Padded tokens per forward pass on a CPU: beyond this the activations leave the cache and batching stops
+#: paying (measured on distilbert-base, see docs/answering-core.md). GPUs take ``batch_size`` windows as is.
+CPU_MAX_BATCH_TOKENS = 2048
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,8 @@ class QAModel:
             else contextlib.nullcontext()
         )
         with torch.inference_mode(), autocast:
-            for batch in length_sorted_batches(features, self._config.batch_size):
+            max_tokens = CPU_MAX_BATCH_TOKENS if device.type == "cpu" else None
+            for batch in length_sorted_batches(features, self._config.batch_size, max_tokens):
                 arrays = pad_batch([features[i] for i in batch], pad_id)
                 inputs = {
                     name: torch.from_numpy(arrays[name]).to(device)
