@@ -33,7 +33,6 @@ class LoadedModel:
     tokenizer: Any  # a fast (tokenizers-backed) tokenizer
     device: torch.device
     name: str
-    autocast: bool  # run forward under torch.autocast(bfloat16) instead of holding bf16 weights
 
 
 def resolve_device(device: str) -> torch.device:
@@ -95,7 +94,6 @@ def load_model(config: QAConfig) -> LoadedModel:
         )
     _check_window_fits(config, model, tokenizer)
 
-    autocast = False
     if config.precision == "bf16":
         # bf16 weights beat autocast on CPU (no per-op casts); see docs/answering-core.md.
         model = model.to(dtype=torch.bfloat16)
@@ -106,7 +104,6 @@ def load_model(config: QAConfig) -> LoadedModel:
         tokenizer=tokenizer,
         device=device,
         name=model_name(config, folder, model),
-        autocast=autocast,
     )
 
 

@@ -6,7 +6,6 @@ batches of ``batch_size`` under ``torch.inference_mode()`` -> decode each row fr
 
 from __future__ import annotations
 
-import contextlib
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -97,12 +96,7 @@ class QAModel:
         out: list[tuple[np.ndarray, np.ndarray]] = [(np.empty(0), np.empty(0))] * len(features)
         model, device = self._loaded.model, self._loaded.device
         pad_id = self._loaded.tokenizer.pad_token_id or 0
-        autocast = (
-            torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-            if self._loaded.autocast
-            else contextlib.nullcontext()
-        )
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode():
             max_tokens = CPU_MAX_BATCH_TOKENS if device.type == "cpu" else None
             for batch in length_sorted_batches(features, self._config.batch_size, max_tokens):
                 arrays = pad_batch([features[i] for i in batch], pad_id)
