@@ -12,6 +12,7 @@ import pytest
 from pg_load.cli import main, run
 from pg_load.settings import LoadSettings
 from pg_load.store import LoadError
+from pg_load.validate import RowError
 from qa_answer.contract import ANSWER_COLUMNS, REJECTED_COLUMNS, AnswerRow, RejectedRow, dumps
 
 
@@ -371,4 +372,49 @@ def test_megabyte_contexts_stream_through(pg_database, tmp_path):
     with db.cursor() as cur:
         cur.execute("SELECT length(context), answer_start FROM qa_answers WHERE row_number = 1")
         assert cur.fetchone() == (len(context), context.index("Paris"))
+    db.close()
+
+
+def test_first_load_builds_the_migrations_primary_key_and_names_a_duplicate_row(pg_database, tree):
+    """On a first load the key is built after the COPY; a duplicate row_number is still named, every time."""
+    duplicate = [answer("dup.csv", 1), answer("dup.csv", 1, id="again")]
+    message = "answers/dup.csv: record 2: column 'row_number': duplicate row_number 1"
+    write_source(tree, "dup.csv", duplicate)
+    with pytest.raises(RowError) as err:
+        run(settings(pg_database, tree))
+    assert str(err.value) == message
+    db = pg_database.connect()
+    with db.cursor() as cur:
+        cur.execute("SELECT to_regclass('qa_answers')")
+        assert cur.fetchone() == (None,)  # nothing committed
+
+    remove_source(tree, "dup.csv")
+    run(settings(pg_database, tree))
+    with db.cursor() as cur:
+        cur.execute(
+            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
+            "WHERE conrelid = 'qa_answers'::regclass AND contype = 'p'"
+        )
+        assert cur.fetchall() == [("qa_answers_pkey", "PRIMARY KEY (source_file, row_number)")]
+    previous = table_state(db)
+    write_source(tree, "dup.csv", duplicate)  # a later load COPYs into the keyed table
+    with pytest.raises(RowError) as err:
+        run(settings(pg_database, tree))
+    assert str(err.value) == message
+    assert table_state(db) == previous
+    db.close()
+
+
+def test_a_replaced_file_with_another_sources_row_is_named(pg_database, tree):
+    """The per-row source_file check also guards the staged (replace) path; names are quoted safely."""
+    name = "back\\slash 'quote'.csv"
+    write_source(tree, name, [answer(name, 1)])
+    run(settings(pg_database, tree))
+    db = pg_database.connect()
+    previous = table_state(db)
+    write_source(tree, name, [answer(name, 1, id="new"), answer("a.csv", 2)])
+    with pytest.raises(RowError) as err:
+        run(settings(pg_database, tree))
+    assert str(err.value).startswith(f"answers/{name}: record 2: column 'source_file': is 'a.csv'")
+    assert table_state(db) == previous
     db.close()

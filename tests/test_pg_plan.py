@@ -116,6 +116,14 @@ def test_copy_keeps_empty_text_as_empty_and_empty_extra_as_null():
     assert "FORCE_NULL" not in sql.copy_csv("qa_rejected", REJECTED_COLUMNS)
 
 
+def test_copy_refuses_rows_of_another_source_and_quotes_the_path_safely():
+    copy = sql.copy_csv("qa_answers", ANSWER_COLUMNS, "it's \\ x.csv")
+    assert " WHERE CASE WHEN source_file = E'it''s \\\\ x.csv' THEN true ELSE " in copy
+    assert copy.endswith(")::integer IS NULL END")  # the ELSE branch fails the COPY, never skips the row
+    with pytest.raises(ValueError):
+        sql.literal("a\x00b")
+
+
 def test_upsert_rewrites_only_rows_that_differ():
     upsert = sql.upsert_from_stage("qa_answers")
     assert "ON CONFLICT (source_file, row_number) DO UPDATE" in upsert

@@ -60,17 +60,50 @@ def create_stage(table: str) -> str:
     )
 
 
-def copy_csv(target: str, columns: tuple[str, ...]) -> str:
+def literal(value: str) -> str:
+    """A string constant for statements without parameters (COPY), whatever standard_conforming_strings is."""
+    if "\x00" in value:
+        raise ValueError("a PostgreSQL string cannot hold NUL")
+    return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def copy_csv(target: str, columns: tuple[str, ...], source_file: str | None = None) -> str:
     """COPY a contract CSV (header line included) into ``target``.
 
     Writers leave empty strings unquoted, which COPY reads as NULL: text columns are forced to '' instead,
-    while an empty ``extra`` becomes NULL (no other columns).
+    while an empty ``extra`` becomes NULL (no other columns). With ``source_file``, a row that carries another
+    path fails the COPY at that line (deleting by source would otherwise miss it): the check costs one
+    comparison per row instead of a count query over the loaded rows afterwards.
     """
     text = tuple(c for c in columns if c not in _NOT_TEXT)
     options = f"FORMAT csv, HEADER true, ENCODING 'UTF8', FORCE_NOT_NULL ({_cols(text)})"
     if "extra" in columns:
         options += ", FORCE_NULL (extra)"
-    return f"COPY {ident(target)} ({_cols(columns)}) FROM STDIN WITH ({options})"
+    copy = f"COPY {ident(target)} ({_cols(columns)}) FROM STDIN WITH ({options})"
+    if source_file is None:
+        return copy
+    # CASE fixes the evaluation order; the ELSE branch always fails (the text is never an integer), so a
+    # mismatching row aborts the COPY (and the load) instead of being skipped.
+    expected = literal(source_file)
+    return (
+        f"{copy} WHERE CASE WHEN source_file = {expected} THEN true ELSE "
+        f"('source_file ' || source_file || ' is not the file''s path ' || {expected})::integer IS NULL END"
+    )
+
+
+def key_name(table: str) -> str:
+    """The primary key's name as PostgreSQL chooses it for ``PRIMARY KEY (...)`` in the migration."""
+    return f"{ident(table)}_pkey"
+
+
+def drop_key(table: str) -> str:
+    """Drop ``table``'s primary key before bulk-loading a table this transaction created (see add_key)."""
+    return f"ALTER TABLE {ident(table)} DROP CONSTRAINT {key_name(table)}"
+
+
+def add_key(table: str) -> str:
+    """Build the primary key once, sorted, after the COPY: cheaper than inserting every row into it."""
+    return f"ALTER TABLE {ident(table)} ADD CONSTRAINT {key_name(table)} PRIMARY KEY ({_cols(KEY)})"
 
 
 def delete_sources(table: str) -> str:
@@ -99,12 +132,4 @@ def upsert_from_stage(table: str) -> str:
         + ") IS DISTINCT FROM ("
         + ", ".join(f"EXCLUDED.{c}" for c in values)
         + ")"
-    )
-
-
-def count_by_source(target: str) -> str:
-    """Rows per source_file among the given sources or (parameter NULL) all of ``target``."""
-    return (
-        f"SELECT source_file, count(*) FROM {ident(target)} "
-        "WHERE %s::text[] IS NULL OR source_file = ANY(%s::text[]) GROUP BY source_file"
     )

@@ -15,27 +15,24 @@ import random
 import re
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg2
 from psycopg2.extras import execute_values
-from qa_answer.contract import ANSWERS_DIR, REJECTED_DIR
+from qa_answer.contract import ANSWERS_DIR
 
 from . import sql
-from .migrate import migrate
+from .migrate import creates_tables, migrate
 from .plan import Plan, Source, diff, frame
 from .validate import RowError, check_answers, check_rejected
 
 log = logging.getLogger("pg_load")
 
 TABLES = (sql.ANSWERS, sql.REJECTED)
-COPY = {
-    target: sql.copy_csv(target, sql.COLUMNS[table])
-    for table in TABLES
-    for target in (table, sql.stage_of(table))
-}
+#: bytes per read handed to COPY; the next chunk is read and hashed in a worker while this one is sent
+CHUNK = 1 << 20
 
 #: SQLSTATEs worth retrying besides class 08 (connection exception): shutdowns, crash recovery, serialization.
 TRANSIENT_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "40001", "40P01", "53300"})
@@ -170,7 +167,7 @@ class PostgresAnswerStore:
             if plan.is_noop and not applied:
                 conn.rollback()  # nothing written: the transaction only read
                 return LoadResult(plan=plan, attempts=attempt)
-            written, counts = self._write(cur, plan, sources, digests)
+            written, counts = self._write(cur, plan, sources, digests, creates_tables(applied))
             self._step("staged", attempt, conn)
             written += self._apply(cur, plan, digests, counts, provenance)
             self._step("applied", attempt, conn)
@@ -182,16 +179,26 @@ class PostgresAnswerStore:
         return LoadResult(plan, answers + rejected, written, answers, rejected, attempt, applied)
 
     def _write(
-        self, cur: Any, plan: Plan, sources: Mapping[str, Source], digests: dict[str, str]
+        self,
+        cur: Any,
+        plan: Plan,
+        sources: Mapping[str, Source],
+        digests: dict[str, str],
+        new_tables: bool = False,
     ) -> tuple[int, dict[str, tuple[int, int]]]:
         """COPY added sources straight into the tables and replaced ones into temporary stages.
 
         New sources have no rows to keep, so a direct COPY (after clearing rows no qa_sources entry owns) is
         the cheapest correct write; replaced sources go through a stage so unchanged rows are left alone.
-        Fills ``digests`` for the added sources.
+        When this transaction created the tables (``new_tables``: nobody else can see them yet), the answers'
+        primary key is built once after the COPY instead of row by row during it. Fills ``digests`` for the
+        added sources.
         """
         written = 0
-        if plan.added:
+        bulk_key = new_tables and bool(plan.added)
+        if bulk_key:
+            cur.execute(sql.drop_key(sql.ANSWERS))
+        if plan.added and not new_tables:  # tables created just now hold no rows yet
             for table in TABLES:
                 cur.execute(sql.delete_sources(table), (list(plan.added),))
                 written += cur.rowcount
@@ -200,7 +207,7 @@ class PostgresAnswerStore:
                 cur.execute(sql.create_stage(table))
         counts: dict[str, tuple[int, int]] = {}
         total = len(plan.to_write)
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pg-load-sha256") as pool:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pg-load-read") as pool:
             for i, name in enumerate(plan.to_write, 1):
                 direct = name in plan.added
                 counts[name], sha = self._copy_source(cur, sources[name], direct, pool)
@@ -209,16 +216,31 @@ class PostgresAnswerStore:
                 if direct:
                     written += sum(counts[name])
                 log.info("copied %d/%d %s (%d answers, %d rejected)", i, total, name, *counts[name])
-        self._check_sources(cur, plan, sources, counts)
+        if bulk_key:
+            self._add_key(cur, plan, sources)
         return written, counts
+
+    def _add_key(self, cur: Any, plan: Plan, sources: Mapping[str, Source]) -> None:
+        """Build the answers' primary key after a bulk load; a duplicate row_number is named by file, row."""
+        try:
+            cur.execute(sql.add_key(sql.ANSWERS))
+        except psycopg2.Error as exc:
+            if is_transient(exc):
+                raise
+            for name in plan.added:
+                path = sources[name].answers
+                if path is not None:
+                    _diagnose(ANSWERS_DIR, f"{ANSWERS_DIR}/{name}", name, path.read_bytes())
+            raise LoadError(f"{self._target}: {describe_db_error(exc)}") from None
 
     def _copy_source(
         self, cur: Any, source: Source, direct: bool, pool: ThreadPoolExecutor
     ) -> tuple[tuple[int, int], str]:
         """COPY one source's two files, hashing them on the way; returns (answer, rejected) rows and digest.
 
-        PostgreSQL's type input checks every row; the file streams in 1 MiB chunks, so memory stays flat and
-        the hashing overlaps the server's parsing.
+        PostgreSQL's type input checks every row, and the COPY refuses a row whose source_file is not this
+        file's path. The file streams in 1 MiB chunks (memory stays flat); reading and hashing the next chunk
+        overlaps sending this one and the server's parsing.
         """
         h = _BackgroundSha256(pool)
         counts = []
@@ -238,14 +260,18 @@ class PostgresAnswerStore:
                     counts.append(0)
                     continue
                 fh.seek(0)
-                reader = _HashingReader(fh, h)
+                target = table if direct else sql.stage_of(table)
+                copy = sql.copy_csv(target, sql.COLUMNS[table], source.source_file)
+                reader = _ReadAhead(fh, h, pool)
                 try:
-                    cur.copy_expert(COPY[table if direct else sql.stage_of(table)], reader, size=1 << 20)
+                    cur.copy_expert(copy, reader, size=CHUNK)
                 except psycopg2.Error as exc:
                     if is_transient(exc):
                         raise
                     _diagnose(kind, shown, source.source_file, path.read_bytes())
                     raise _copy_error(shown, exc) from None
+                finally:
+                    reader.settle()  # no read in flight once the file closes
                 if reader.size != stamp[0]:
                     raise LoadError(f"{source.source_file}: changed while loading; run pg-load again")
             counts.append(cur.rowcount)
@@ -253,28 +279,6 @@ class PostgresAnswerStore:
             # Pachyderm inputs are immutable; a local folder may not be. Never record a digest of other bytes.
             raise LoadError(f"{source.source_file}: changed while loading; run pg-load again")
         return (counts[0], counts[1]), h.hexdigest()
-
-    def _check_sources(
-        self, cur: Any, plan: Plan, sources: Mapping[str, Source], counts: Mapping[str, tuple[int, int]]
-    ) -> None:
-        """Every copied row must carry its own file's source_file, or deleting by source would miss it."""
-        for index, (kind, table) in enumerate(((ANSWERS_DIR, sql.ANSWERS), (REJECTED_DIR, sql.REJECTED))):
-            expected = {n: counts[n][index] for n in plan.to_write if counts[n][index]}
-            found: dict[str, int] = {}
-            if plan.added:
-                cur.execute(sql.count_by_source(table), (list(plan.added), list(plan.added)))
-                found.update(cur.fetchall())
-            if plan.replaced:
-                cur.execute(sql.count_by_source(sql.stage_of(table)), (None, None))
-                found.update(cur.fetchall())
-            if found != expected:
-                for name in plan.to_write:
-                    path = getattr(sources[name], "answers" if index == 0 else "rejected")
-                    if path is not None:
-                        _diagnose(kind, f"{kind}/{name}", name, path.read_bytes())
-                raise LoadError(
-                    f"{kind}/: rows whose source_file is not their file's path: {found} != {expected}"
-                )
 
     def _apply(
         self,
@@ -306,29 +310,48 @@ class PostgresAnswerStore:
 
 
 class _BackgroundSha256:
-    """sha256 fed through a one-thread pool: hashlib releases the GIL, so hashing overlaps sending to COPY."""
+    """sha256 fed through a one-thread pool: every update runs there, in submission order."""
 
     def __init__(self, pool: ThreadPoolExecutor):
-        self._pool, self._h = pool, hashlib.sha256()
+        self._pool, self.raw = pool, hashlib.sha256()
 
     def update(self, data: bytes) -> None:
-        self._pool.submit(self._h.update, data)  # one worker: updates apply in order
+        self._pool.submit(self.raw.update, data)
 
     def hexdigest(self) -> str:
-        return self._pool.submit(self._h.hexdigest).result()
+        return self._pool.submit(self.raw.hexdigest).result()
 
 
-class _HashingReader:
-    """The file object COPY reads from: hands over chunks and hashes them as they pass."""
+class _ReadAhead:
+    """The file object COPY reads from: while one chunk is sent, the worker reads and hashes the next.
 
-    def __init__(self, fh: Any, h: Any):
-        self._fh, self._h, self.size = fh, h, 0
+    File reads and hashlib release the GIL, as does psycopg2 while sending, so the three overlap; with one
+    worker, reads and hash updates keep their order. At most two chunks are held at a time.
+    """
+
+    def __init__(self, fh: Any, h: _BackgroundSha256, pool: ThreadPoolExecutor):
+        self._fh, self._h, self._pool, self.size = fh, h, pool, 0
+        self._next: Future[bytes] | None = pool.submit(self._fetch)  # starts while COPY is being set up
+
+    def _fetch(self) -> bytes:
+        chunk = self._fh.read(CHUNK)
+        self._h.raw.update(chunk)
+        return chunk
 
     def read(self, size: int = -1) -> bytes:
-        chunk = self._fh.read(size)
-        self._h.update(chunk)
+        """The next chunk of up to CHUNK bytes (psycopg2 asks for ``size=CHUNK``); b"" at the end."""
+        if self._next is None:
+            return b""
+        chunk = self._next.result()
+        self._next = self._pool.submit(self._fetch) if chunk else None
         self.size += len(chunk)
         return chunk
+
+    def settle(self) -> None:
+        """Wait for a read still in flight (after a failed COPY), so the file can be closed safely."""
+        if self._next is not None:
+            self._next.exception()
+            self._next = None
 
 
 def _diagnose(kind: str, path: str, source_file: str, data: bytes) -> None:
