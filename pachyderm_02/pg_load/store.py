@@ -33,6 +33,8 @@ log = logging.getLogger("pg_load")
 TABLES = (sql.ANSWERS, sql.REJECTED)
 #: bytes per read handed to COPY; the next chunk is read and hashed in a worker while this one is sent
 CHUNK = 1 << 20
+#: below this many bytes of new answers, the primary key is built without parallel workers (see sql.add_key)
+PARALLEL_KEY_BYTES = 256 << 20
 
 #: SQLSTATEs worth retrying besides class 08 (connection exception): shutdowns, crash recovery, serialization.
 TRANSIENT_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "40001", "40P01", "53300"})
@@ -222,8 +224,9 @@ class PostgresAnswerStore:
 
     def _add_key(self, cur: Any, plan: Plan, sources: Mapping[str, Source]) -> None:
         """Build the answers' primary key after a bulk load; a duplicate row_number is named by file, row."""
+        size = sum(sources[name].stamp[0][0] for name in plan.added if sources[name].stamp[0])
         try:
-            cur.execute(sql.add_key(sql.ANSWERS))
+            cur.execute(sql.add_key(sql.ANSWERS, parallel=size >= PARALLEL_KEY_BYTES))
         except psycopg2.Error as exc:
             if is_transient(exc):
                 raise
