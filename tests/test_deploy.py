@@ -438,18 +438,9 @@ def test_real_specs_deploy_in_dag_order_with_every_placeholder_replaced():
     assert "IMAGE_TAG" not in dumped
     # the secrets the scripts create are the ones the specs consume
     assert {s.name for s in reqs[0].transform.secrets} == {"gcs-credentials"}
+    db_template = json.loads((ROOT / "secrets" / "secret_template_db.json").read_text())
     assert {(s.name, s.key, s.env_var) for s in reqs[2].transform.secrets} == {
-        ("pg-credentials", k, k)
-        for k in (
-            "PG_HOST",
-            "PG_PORT",
-            "PG_DBNAME",
-            "PG_USER",
-            "PG_PASSWORD",
-            "PG_SSLROOTCERT",
-            "PG_SSLCERT",
-            "PG_SSLKEY",
-        )
+        ("pg-credentials", k, k) for k in db_template["data"]
     }
     gcs_template = json.loads((ROOT / "secrets" / "secret_template.json").read_text())
     assert reqs[0].transform.secrets[0].mount_path == "/var/secrets/gcs"

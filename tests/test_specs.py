@@ -14,16 +14,8 @@ from python_pachyderm.util import parse_dict_pipeline_spec
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 ALL_SPECS = sorted(SPECS.rglob("*.json"))
-PG_KEYS = [
-    "PG_HOST",
-    "PG_PORT",
-    "PG_DBNAME",
-    "PG_USER",
-    "PG_PASSWORD",
-    "PG_SSLROOTCERT",
-    "PG_SSLCERT",
-    "PG_SSLKEY",
-]
+# The keys the DB secret template (and so create_secret_db.sh) provides; the spec must consume exactly these.
+PG_KEYS = list(json.loads((SPECS.parent / "secrets" / "secret_template_db.json").read_text())["data"])
 
 
 def _raw(name: str) -> dict:
