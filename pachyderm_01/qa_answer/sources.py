@@ -145,24 +145,17 @@ def verify_download(path: Path, crc32c: str | None, md5: str | None) -> None:
     if crc32c:
         import google_crc32c
 
-        checksum = google_crc32c.Checksum()
-        with path.open("rb") as stream:
-            for block in iter(lambda: stream.read(1 << 20), b""):
-                checksum.update(block)
-        actual = base64.b64encode(checksum.digest()).decode("ascii")
-        if actual != crc32c:
-            raise ChecksumMismatch(f"crc32c of the downloaded bytes is {actual}, the object's is {crc32c}")
-        return
-    if md5:
-        digest = hashlib.md5()
-        with path.open("rb") as stream:
-            for block in iter(lambda: stream.read(1 << 20), b""):
-                digest.update(block)
-        actual = base64.b64encode(digest.digest()).decode("ascii")
-        if actual != md5:
-            raise ChecksumMismatch(f"md5 of the downloaded bytes is {actual}, the object's is {md5}")
-        return
-    raise ChecksumMismatch("the object has neither a crc32c nor an md5 checksum")
+        name, expected, digest = "crc32c", crc32c, google_crc32c.Checksum()
+    elif md5:
+        name, expected, digest = "md5", md5, hashlib.md5()
+    else:
+        raise ChecksumMismatch("the object has neither a crc32c nor an md5 checksum")
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    actual = base64.b64encode(digest.digest()).decode("ascii")
+    if actual != expected:
+        raise ChecksumMismatch(f"{name} of the downloaded bytes is {actual}, the object's is {expected}")
 
 
 def gcs_client(emulator_host: str | None, project: str | None, credentials_file: Path | None = None) -> Any:
