@@ -12,6 +12,7 @@ import io
 import json
 import re
 import sys
+from collections.abc import Callable
 
 from qa_answer.contract import ANSWER_COLUMNS, ENCODING, REJECTED_COLUMNS
 
@@ -21,7 +22,6 @@ _FLOAT = re.compile(
     r"[ \t]*[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|nan|inf|infinity)[ \t]*\Z", re.IGNORECASE
 )
 _A = {name: i for i, name in enumerate(ANSWER_COLUMNS)}
-_R = {name: i for i, name in enumerate(REJECTED_COLUMNS)}
 
 
 class RowError(ValueError):
@@ -37,38 +37,43 @@ class RowError(ValueError):
 
 def check_answers(path: str, source_file: str, data: bytes) -> int:
     """Validate an answers file; returns its number of data rows. ``source_file`` must match every row."""
-    reader, has_nul = _open(path, data, ANSWER_COLUMNS)
-    seen: set[int] = set()
-    width = len(ANSWER_COLUMNS)
-    count = 0
-    for count, rec in enumerate(reader, 1):
-        if len(rec) != width:
-            raise RowError(path, f"has {len(rec)} fields, expected {width}", count)
-        if has_nul:
-            _no_nul(path, count, rec, ANSWER_COLUMNS)
-        _same_source(path, count, rec[_A["source_file"]], source_file)
-        _unique(path, count, _int4(path, count, "row_number", rec[_A["row_number"]]), seen)
+
+    def check_values(count: int, rec: list[str]) -> None:
         _float8(path, count, "score", rec[_A["score"]])
         _int4(path, count, "answer_start", rec[_A["answer_start"]])
         _int4(path, count, "answer_end", rec[_A["answer_end"]])
         if rec[_A["extra"]]:
             _json_object(path, count, "extra", rec[_A["extra"]])
-    return count
+
+    return _check_rows(path, source_file, data, ANSWER_COLUMNS, check_values)
 
 
 def check_rejected(path: str, source_file: str, data: bytes) -> int:
     """Validate a rejected file; returns its number of data rows."""
-    reader, has_nul = _open(path, data, REJECTED_COLUMNS)
+    return _check_rows(path, source_file, data, REJECTED_COLUMNS, lambda count, rec: None)
+
+
+def _check_rows(
+    path: str,
+    source_file: str,
+    data: bytes,
+    columns: tuple[str, ...],
+    check_values: Callable[[int, list[str]], None],
+) -> int:
+    """The checks both tables share (shape, NUL, source_file, unique row_number), then ``check_values``."""
+    reader, has_nul = _open(path, data, columns)
+    index = {name: i for i, name in enumerate(columns)}
     seen: set[int] = set()
-    width = len(REJECTED_COLUMNS)
+    width = len(columns)
     count = 0
     for count, rec in enumerate(reader, 1):
         if len(rec) != width:
             raise RowError(path, f"has {len(rec)} fields, expected {width}", count)
         if has_nul:
-            _no_nul(path, count, rec, REJECTED_COLUMNS)
-        _same_source(path, count, rec[_R["source_file"]], source_file)
-        _unique(path, count, _int4(path, count, "row_number", rec[_R["row_number"]]), seen)
+            _no_nul(path, count, rec, columns)
+        _same_source(path, count, rec[index["source_file"]], source_file)
+        _unique(path, count, _int4(path, count, "row_number", rec[index["row_number"]]), seen)
+        check_values(count, rec)
     return count
 
 
