@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pachyderm_local.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = sorted(str(p) for p in (ROOT / "specs").glob("*.json"))
@@ -109,6 +110,10 @@ def test_incremental_pipeline_through_the_local_runner(
         ("team/c.csv", 2),
     ]
     assert first["rejected"] == []
+    # Datum batching: qa-answer loaded its model once per worker (2 workers), not once per datum (3).
+    job = next(j for j in Store(root).list_jobs() if j["pipeline"] == "qa-answer")
+    logs = "".join((root / "logs" / job["id"] / f"{d['id']}.log").read_text() for d in job["datums"])
+    assert 1 <= logs.count("loaded model") <= 2, logs
     assert [(s[0], s[2], s[3]) for s in first["sources"]] == [
         ("a.csv", 2, 0),
         ("b.csv", 1, 0),

@@ -105,8 +105,8 @@ def test_dag_cycle_and_duplicate_names_are_errors():
 def test_unsupported_inputs_are_named():
     with pytest.raises(SpecError, match="join"):
         _spec("p", {"join": [_pfs("a"), _pfs("b")]})
-    with pytest.raises(SpecError, match="datum_batching"):
-        _spec("p", _pfs("a"), datum_batching=True)
+    assert _spec("p", _pfs("a"), datum_batching=True).datum_batching  # supported since datum batching
+    assert not _spec("p", _pfs("a")).datum_batching
 
 
 def test_datum_id_depends_on_content_and_path_not_on_the_commit():

@@ -61,7 +61,8 @@ def test_answer_glob_makes_each_csv_its_own_datum_at_any_depth():
     spec = load_spec(SPECS / "qa-answer.json")
     files = ["a.csv", "b.csv", "notes.txt", "team/c.csv", "team/2024/d.csv"]
     assert expand_glob(spec.input.glob, files) == ["/a.csv", "/b.csv", "/team/2024/d.csv", "/team/c.csv"]
-    assert spec.cmd == ("qa-answer", "answer", "/pfs/gcs-ingest", "/pfs/out")
+    assert spec.cmd == ("qa-answer", "answer", "/pfs/gcs-ingest", "/pfs/out", "--datum-batching")
+    assert spec.datum_batching  # one long-lived process per worker: the model is loaded once
 
 
 def test_load_reads_the_whole_answer_set_with_every_db_secret_as_env():
@@ -77,6 +78,7 @@ def test_gpu_variant_differs_only_in_image_resources_precision_and_device():
     cpu, gpu = _raw("qa-answer.json"), _raw("gpu/qa-answer.json")
     assert gpu["input"] == cpu["input"]
     assert gpu["transform"]["cmd"] == cpu["transform"]["cmd"]
+    assert gpu["transform"]["datum_batching"] is cpu["transform"]["datum_batching"] is True
     assert gpu["resource_limits"]["gpu"] == {"type": "nvidia.com/gpu", "number": 1}
     assert gpu["transform"]["env"] == {**cpu["transform"]["env"], "QA_PRECISION": "bf16", "QA_DEVICE": "cuda"}
     ignored = {"transform", "resource_requests", "resource_limits", "parallelism_spec", "description"}

@@ -11,19 +11,28 @@ import argparse
 import logging
 import os
 import sys
+import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from qa_answer.settings import (
     CHUNK_ROWS_ENV,
+    DATUM_BATCHING_ENV,
     DEFAULT_CHUNK_ROWS,
     FAIL_ON_REJECT_ENV,
+    PACHCTL_ENV,
     QA_OPTIONS,
+    AnswerSettings,
     SettingsError,
     answer_settings,
+    existing_dir,
     ingest_settings,
 )
+
+if TYPE_CHECKING:
+    from qa_answer.answer_run import RunSummary
 
 PROG = "qa-answer"
 EXIT_OK = 0
@@ -77,6 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"exit {EXIT_REJECTED} if any row or file was rejected (default 0); env {FAIL_ON_REJECT_ENV}",
     )
+    answer.add_argument(
+        "--datum-batching",
+        action="store_true",
+        default=None,
+        help="Pachyderm datum batching: load the model once, then answer IN_DIR after each "
+        f"'pachctl next datum' until the worker stops the process; env {DATUM_BATCHING_ENV} "
+        f"(pachctl command: env {PACHCTL_ENV}, default pachctl)",
+    )
     return parser
 
 
@@ -121,10 +138,28 @@ def run_answer(flags: Mapping[str, object], env: Mapping[str, str]) -> int:
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_progress_bar()
+    started = time.perf_counter()
     model = load_qa_model(settings.qa)
-    with _tqdm_safe_logging(progress):
-        summary = answer_folder(settings.in_dir, settings.out_dir, model, settings.chunk_rows, progress)
-    print(summary.line(), file=sys.stdout, flush=True)
+    logging.getLogger("qa_answer").info(
+        "loaded model %s in %.1fs", settings.qa.model, time.perf_counter() - started
+    )
+
+    def answer_datum() -> int:
+        if settings.datum_batching:
+            existing_dir(settings.in_dir, "IN_DIR")
+        with _tqdm_safe_logging(progress):
+            summary = answer_folder(settings.in_dir, settings.out_dir, model, settings.chunk_rows, progress)
+        print(summary.line(), file=sys.stdout, flush=True)
+        return _exit_code(settings, summary)
+
+    if not settings.datum_batching:
+        return answer_datum()
+    from qa_answer.datum_batching import next_datum, serve_datums
+
+    return serve_datums(lambda: next_datum(settings.pachctl), answer_datum)
+
+
+def _exit_code(settings: AnswerSettings, summary: RunSummary) -> int:
     if settings.fail_on_reject and summary.anything_rejected:
         print(
             f"{PROG}: {summary.rejected} rows and {summary.unreadable_files} files rejected "
@@ -141,6 +176,8 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     modules = sys.modules
     if "qa_answer.sources" in modules:
         errors.append(modules["qa_answer.sources"].SourceError)
+    if "qa_answer.datum_batching" in modules:
+        errors.append(modules["qa_answer.datum_batching"].NextDatumError)
     if "qa_answer.model_loading" in modules:
         errors.append(modules["qa_answer.model_loading"].ModelLoadError)
     return tuple(errors)

@@ -26,6 +26,9 @@ QA_OPTIONS = (
 )
 CHUNK_ROWS_ENV = "QA_CHUNK_ROWS"
 FAIL_ON_REJECT_ENV = "QA_FAIL_ON_REJECT"
+DATUM_BATCHING_ENV = "QA_DATUM_BATCHING"
+PACHCTL_ENV = "QA_PACHCTL"
+DEFAULT_PACHCTL = "pachctl"
 DEFAULT_CHUNK_ROWS = 256
 EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
 CREDENTIALS_ENV = "GOOGLE_APPLICATION_CREDENTIALS"
@@ -50,6 +53,9 @@ class AnswerSettings:
     qa: QAConfig
     chunk_rows: int = DEFAULT_CHUNK_ROWS
     fail_on_reject: bool = False
+    #: Pachyderm datum batching: load the model once, then loop on ``pachctl next datum``.
+    datum_batching: bool = False
+    pachctl: str = DEFAULT_PACHCTL
 
 
 @dataclass(frozen=True)
@@ -89,12 +95,18 @@ def answer_settings(flags: Mapping[str, object], env: Mapping[str, str]) -> Answ
     if chunk_rows < 1:
         raise SettingsError(f"invalid settings: chunk_rows must be an integer >= 1, got {chunk_rows}")
     fail_on_reject = flags.get("fail_on_reject") or _env_bool(env, FAIL_ON_REJECT_ENV)
+    datum_batching = bool(flags.get("datum_batching") or _env_bool(env, DATUM_BATCHING_ENV))
+    pachctl = (env.get(PACHCTL_ENV) or "").strip() or DEFAULT_PACHCTL
+    # With datum batching IN_DIR appears only once the worker lays out the first datum: checked per datum.
+    in_dir = Path(str(flags["in_dir"])) if datum_batching else existing_dir(flags["in_dir"], "IN_DIR")
     return AnswerSettings(
-        in_dir=_existing_dir(flags["in_dir"], "IN_DIR"),
+        in_dir=in_dir,
         out_dir=Path(str(flags["out_dir"])),
         qa=qa,
         chunk_rows=chunk_rows,
         fail_on_reject=bool(fail_on_reject),
+        datum_batching=datum_batching,
+        pachctl=pachctl,
     )
 
 
@@ -114,7 +126,7 @@ def ingest_settings(flags: Mapping[str, object], env: Mapping[str, str]) -> Inge
                 f"unsupported source scheme '{scheme.group(1)}://': "
                 "use gs://BUCKET[/PREFIX] or a local folder"
             )
-        source = _existing_dir(source_text, "SOURCE")
+        source = existing_dir(source_text, "SOURCE")
     project = env.get(PROJECT_ENV) or (EMULATOR_PROJECT if emulator else None)
     return IngestSettings(
         source=source,
@@ -166,7 +178,7 @@ def _env_bool(env: Mapping[str, str], variable: str) -> bool:
     raise SettingsError(f"invalid settings: {variable} must be true or false, got {raw!r}")
 
 
-def _existing_dir(value: object, what: str) -> Path:
+def existing_dir(value: object, what: str) -> Path:
     path = Path(str(value))
     if not path.is_dir():
         raise SettingsError(f"{what} {str(path)!r} is not a folder")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from .batching import DatumQueue, serve_worker, write_pachctl
 from .dag import downstream_of, pipeline_order
 from .datums import CommitView, Datum, plan_datums, split_done
 from .envs import LocalEnv, effective_spec_env, job_env
@@ -136,7 +137,9 @@ class Runner:
             for note in job_env(spec, self.local, PathMap.of({})).notes:
                 self.say(f"{spec.name}: {note}")
         outcomes: list[_DatumOutcome] = []
-        if todo:
+        if todo and spec.datum_batching:
+            outcomes = self._run_batched(spec, job_id, todo, version, parallelism)
+        elif todo:
             counter = iter(range(1, len(todo) + 1))
             with ThreadPoolExecutor(max_workers=parallelism) as pool:
                 futures = [
@@ -227,20 +230,8 @@ class Runner:
             sandbox = store.sandbox_dir(job_id) / f"{datum.id[:16]}-{attempt}"
             shutil.rmtree(sandbox, ignore_errors=True)
             pfs = sandbox / "pfs"
-            (pfs / "out").mkdir(parents=True)
-            for item in datum.inputs:
-                (pfs / item.name).mkdir(parents=True, exist_ok=True)
-                for rel, sha in item.files:
-                    store.materialize(sha, pfs / item.name / rel)
-            mapping = {"/pfs": str(pfs)}
-            mapping.update(
-                {
-                    s.mount_path: self.local.secret_dirs[s.name]
-                    for s in spec.secrets
-                    if s.mount_path and s.name in self.local.secret_dirs
-                }
-            )
-            path_map = PathMap.of(mapping)
+            self._layout(datum, pfs)
+            path_map = self._path_map(spec, pfs)
             plan = job_env(spec, self.local, path_map)
             env = plan.env
             env.update(
@@ -278,12 +269,7 @@ class Runner:
                     code, error = None, f"cannot start {argv[0]!r}: {exc}"
                 log.write(f"[pachyderm-local] try {attempt}: {error or 'success'}\n")
             if not error:
-                files = {}
-                for path in sorted((pfs / "out").rglob("*")):
-                    if path.is_file():
-                        sha, size = store.put_object(path)
-                        files[path.relative_to(pfs / "out").as_posix()] = {"sha256": sha, "size": size}
-                store.save_datum_output(spec.name, version, datum.id, job_id, files)
+                files = self._collect_output(spec, version, job_id, datum, pfs)
                 outcome.ok, outcome.files, outcome.error = True, files, ""
                 if not self.settings.keep_sandboxes:
                     shutil.rmtree(sandbox, ignore_errors=True)
@@ -297,6 +283,92 @@ class Runner:
             f"{spec.name}: datum {next(counter)}/{total} {datum.describe()} {state} in {outcome.seconds:.1f}s"
         )
         return outcome
+
+    def _run_batched(
+        self, spec: PipelineSpec, job_id: str, todo: list[Datum], version: str, parallelism: int
+    ) -> list[_DatumOutcome]:
+        """Datum batching: one long-lived command per worker slot (see batching.py)."""
+        store = self.store
+        job_dir = store.sandbox_dir(job_id)
+        bin_dir = job_dir / "bin"
+        write_pachctl(bin_dir)
+        queue = DatumQueue(list(todo))
+        counter = iter(range(1, len(todo) + 1))
+        finished: dict[str, _DatumOutcome] = {}
+        lock = threading.Lock()
+
+        def process_env(pfs: Path) -> tuple[dict[str, str], PathMap]:
+            path_map = self._path_map(spec, pfs)
+            plan = job_env(spec, self.local, path_map)
+            env = plan.env
+            env.update(PACH_JOB_ID=job_id, PACH_OUTPUT_COMMIT_ID=job_id, PPS_PIPELINE_NAME=spec.name)
+            for leaf in leaf_inputs(spec.input):
+                if isinstance(leaf, PfsInput):
+                    env[leaf.name] = str(pfs / leaf.name)
+            prepend_path(env, str(bin_dir))
+            return env, path_map
+
+        def collect(outcome: _DatumOutcome, pfs: Path) -> None:
+            outcome.files = self._collect_output(spec, version, job_id, outcome.datum, pfs)
+            outcome.ok, outcome.error = True, ""
+
+        def finish(outcome: _DatumOutcome) -> None:
+            with lock:
+                finished[outcome.datum.id] = outcome
+            state = "ok" if outcome.ok else f"FAILED ({outcome.error}, {outcome.tries} tries)"
+            self.say(
+                f"{spec.name}: datum {next(counter)}/{len(todo)} {outcome.datum.describe()} {state} "
+                f"in {outcome.seconds:.1f}s"
+            )
+
+        def worker(slot: int) -> None:
+            serve_worker(
+                spec=spec,
+                worker_dir=job_dir / f"worker-{slot}",
+                queue=queue,
+                make_outcome=lambda d: _DatumOutcome(d, ok=False),
+                layout=self._layout,
+                collect=collect,
+                finish=finish,
+                process_env=process_env,
+                log_path=lambda d: store.log_path(job_id, d.id),
+            )
+
+        with ThreadPoolExecutor(max_workers=parallelism) as pool:
+            for future in [pool.submit(worker, n) for n in range(min(parallelism, len(todo)))]:
+                future.result()
+        return [finished.get(d.id) or _DatumOutcome(d, ok=False, error="not run") for d in todo]
+
+    def _path_map(self, spec: PipelineSpec, pfs: Path) -> PathMap:
+        mapping = {"/pfs": str(pfs)}
+        mapping.update(
+            {
+                s.mount_path: self.local.secret_dirs[s.name]
+                for s in spec.secrets
+                if s.mount_path and s.name in self.local.secret_dirs
+            }
+        )
+        return PathMap.of(mapping)
+
+    def _layout(self, datum: Datum, pfs: Path) -> None:
+        """Fresh ``/pfs/<input>`` folders holding the datum's files, and an empty ``/pfs/out``."""
+        shutil.rmtree(pfs, ignore_errors=True)
+        (pfs / "out").mkdir(parents=True)
+        for item in datum.inputs:
+            (pfs / item.name).mkdir(parents=True, exist_ok=True)
+            for rel, sha in item.files:
+                self.store.materialize(sha, pfs / item.name / rel)
+
+    def _collect_output(
+        self, spec: PipelineSpec, version: str, job_id: str, datum: Datum, pfs: Path
+    ) -> dict[str, dict[str, Any]]:
+        files = {}
+        for path in sorted((pfs / "out").rglob("*")):
+            if path.is_file():
+                sha, size = self.store.put_object(path)
+                files[path.relative_to(pfs / "out").as_posix()] = {"sha256": sha, "size": size}
+        self.store.save_datum_output(spec.name, version, datum.id, job_id, files)
+        return files
 
     def _show_failure(self, spec: PipelineSpec, job_id: str, outcome: _DatumOutcome) -> None:
         log_path = self.store.log_path(job_id, outcome.datum.id)

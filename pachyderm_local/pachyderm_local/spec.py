@@ -72,6 +72,7 @@ class PipelineSpec:
     accept_return_code: tuple[int, ...] = ()
     datum_timeout_s: float | None = None
     reprocess_every_job: bool = False
+    datum_batching: bool = False
     raw: dict[str, Any] = field(default_factory=dict)
 
 
@@ -105,8 +106,6 @@ def parse_spec(raw: dict[str, Any], source: str = "<spec>") -> PipelineSpec:
     cmd = transform.get("cmd") or []
     if not cmd or not all(isinstance(c, str) for c in cmd):
         raise fail("transform.cmd must be a non-empty list of strings")
-    if transform.get("datum_batching"):
-        raise fail("transform.datum_batching is not supported by pachyderm-local")
     if "input" not in raw:
         raise fail("input is missing")
     secrets = tuple(
@@ -139,6 +138,7 @@ def parse_spec(raw: dict[str, Any], source: str = "<spec>") -> PipelineSpec:
         accept_return_code=tuple(int(c) for c in transform.get("accept_return_code") or ()),
         datum_timeout_s=timeout_s,
         reprocess_every_job=(raw.get("reprocess_spec") == "every_job"),
+        datum_batching=bool(transform.get("datum_batching")),
         raw=raw,
     )
 
