@@ -8,8 +8,13 @@ this loop never returns normally.
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 from collections.abc import Callable, Sequence
+
+#: Where Pachyderm's worker init container copies pachctl into the user container (it may not be on PATH).
+WORKER_PACHCTL = "/pach-bin/pachctl"
 
 
 class NextDatumError(RuntimeError):
@@ -18,6 +23,8 @@ class NextDatumError(RuntimeError):
 
 def next_datum(pachctl: str) -> None:
     """Block until the worker has laid out the next datum (and mark the previous one done)."""
+    if pachctl == "pachctl" and shutil.which(pachctl) is None and os.access(WORKER_PACHCTL, os.X_OK):
+        pachctl = WORKER_PACHCTL
     argv: Sequence[str] = [pachctl, "next", "datum"]
     try:
         code = subprocess.run(argv, check=False).returncode
