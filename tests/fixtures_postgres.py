@@ -76,27 +76,24 @@ def pg_server():
 
 
 def _create_database(admin_dsn: str, prefix: str = "t") -> str:
-    import psycopg2
-
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    conn = psycopg2.connect(admin_dsn)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        conn.close()
+    _admin_execute(admin_dsn, f'CREATE DATABASE "{name}"')
     return name
 
 
 def _drop_database(admin_dsn: str, name: str) -> None:
+    _admin_execute(admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _admin_execute(admin_dsn: str, statement: str) -> None:
+    """Run one statement outside a transaction (CREATE/DROP DATABASE refuse to run inside one)."""
     import psycopg2
 
     conn = psycopg2.connect(admin_dsn)
     conn.autocommit = True
     try:
         with conn.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            cur.execute(statement)
     finally:
         conn.close()
 
