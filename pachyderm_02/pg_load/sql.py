@@ -5,6 +5,7 @@ Identifiers are fixed names checked by :func:`ident`; values always travel as qu
 
 from __future__ import annotations
 
+import functools
 import re
 
 from qa_answer.contract import ANSWER_COLUMNS, REJECTED_COLUMNS
@@ -75,11 +76,7 @@ def copy_csv(target: str, columns: tuple[str, ...], source_file: str | None = No
     path fails the COPY at that line (deleting by source would otherwise miss it): the check costs one
     comparison per row instead of a count query over the loaded rows afterwards.
     """
-    text = tuple(c for c in columns if c not in _NOT_TEXT)
-    options = f"FORMAT csv, HEADER true, ENCODING 'UTF8', FORCE_NOT_NULL ({_cols(text)})"
-    if "extra" in columns:
-        options += ", FORCE_NULL (extra)"
-    copy = f"COPY {ident(target)} ({_cols(columns)}) FROM STDIN WITH ({options})"
+    copy = _copy_statement(target, columns)
     if source_file is None:
         return copy
     # CASE fixes the evaluation order; the ELSE branch always fails (the text is never an integer), so a
@@ -89,6 +86,16 @@ def copy_csv(target: str, columns: tuple[str, ...], source_file: str | None = No
         f"{copy} WHERE CASE WHEN source_file = {expected} THEN true ELSE "
         f"('source_file ' || source_file || ' is not the file''s path ' || {expected})::integer IS NULL END"
     )
+
+
+@functools.cache
+def _copy_statement(target: str, columns: tuple[str, ...]) -> str:
+    """The COPY without its WHERE clause: the same for every file of a table, so it is built once."""
+    text = tuple(c for c in columns if c not in _NOT_TEXT)
+    options = f"FORMAT csv, HEADER true, ENCODING 'UTF8', FORCE_NOT_NULL ({_cols(text)})"
+    if "extra" in columns:
+        options += ", FORCE_NULL (extra)"
+    return f"COPY {ident(target)} ({_cols(columns)}) FROM STDIN WITH ({options})"
 
 
 def key_name(table: str) -> str:

@@ -14,6 +14,7 @@ import logging
 import random
 import re
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from .validate import RowError, check_answers, check_rejected
 log = logging.getLogger("pg_load")
 
 TABLES = (sql.ANSWERS, sql.REJECTED)
-#: bytes per read handed to COPY; the next chunk is read and hashed in a worker while this one is sent
+#: bytes per read handed to COPY; each chunk is hashed in a worker while it is sent and parsed
 CHUNK = 1 << 20
 #: below this many bytes of new answers, the primary key is built without parallel workers (see sql.add_key)
 PARALLEL_KEY_BYTES = 256 << 20
@@ -208,16 +209,20 @@ class PostgresAnswerStore:
             for table in TABLES:
                 cur.execute(sql.create_stage(table))
         counts: dict[str, tuple[int, int]] = {}
+        hashed: dict[str, Future[str]] = {}
         total = len(plan.to_write)
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pg-load-read") as pool:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pg-load-hash") as pool:
+            worker = _HashWorker(pool)
             for i, name in enumerate(plan.to_write, 1):
                 direct = name in plan.added
-                counts[name], sha = self._copy_source(cur, sources[name], direct, pool)
-                if digests.setdefault(name, sha) != sha:
-                    raise LoadError(f"{name}: changed while loading; run pg-load again")
+                counts[name], hashed[name] = self._copy_source(cur, sources[name], direct, worker)
                 if direct:
                     written += sum(counts[name])
                 log.info("copied %d/%d %s (%d answers, %d rejected)", i, total, name, *counts[name])
+            # Digests are collected only now, so the hashing may trail the COPYs without ever stalling them.
+            for name, sha in hashed.items():
+                if digests.setdefault(name, sha.result()) != sha.result():
+                    raise LoadError(f"{name}: changed while loading; run pg-load again")
         if bulk_key:
             self._add_key(cur, plan, sources)
         return written, counts
@@ -237,15 +242,15 @@ class PostgresAnswerStore:
             raise LoadError(f"{self._target}: {describe_db_error(exc)}") from None
 
     def _copy_source(
-        self, cur: Any, source: Source, direct: bool, pool: ThreadPoolExecutor
-    ) -> tuple[tuple[int, int], str]:
+        self, cur: Any, source: Source, direct: bool, worker: _HashWorker
+    ) -> tuple[tuple[int, int], Future[str]]:
         """COPY one source's two files, hashing them on the way; returns (answer, rejected) rows and digest.
 
         PostgreSQL's type input checks every row, and the COPY refuses a row whose source_file is not this
-        file's path. The file streams in 1 MiB chunks (memory stays flat); reading and hashing the next chunk
-        overlaps sending this one and the server's parsing.
+        file's path. The file streams in 1 MiB chunks (memory stays flat); each chunk's hash overlaps sending
+        it and the server's parsing.
         """
-        h = _BackgroundSha256(pool)
+        h = _BackgroundSha256(worker)
         counts = []
         for (kind, path), table, stamp in zip(source.files(), TABLES, source.stamp, strict=True):
             h.update(frame(kind, stamp[0] if stamp else None))
@@ -265,7 +270,7 @@ class PostgresAnswerStore:
                 fh.seek(0)
                 target = table if direct else sql.stage_of(table)
                 copy = sql.copy_csv(target, sql.COLUMNS[table], source.source_file)
-                reader = _ReadAhead(fh, h, pool)
+                reader = _HashingReader(fh, h)
                 try:
                     cur.copy_expert(copy, reader, size=CHUNK)
                 except psycopg2.Error as exc:
@@ -273,8 +278,6 @@ class PostgresAnswerStore:
                         raise
                     _diagnose(kind, shown, source.source_file, path.read_bytes())
                     raise _copy_error(shown, exc) from None
-                finally:
-                    reader.settle()  # no read in flight once the file closes
                 if reader.size != stamp[0]:
                     raise LoadError(f"{source.source_file}: changed while loading; run pg-load again")
             counts.append(cur.rowcount)
@@ -312,49 +315,60 @@ class PostgresAnswerStore:
         return written
 
 
-class _BackgroundSha256:
-    """sha256 fed through a one-thread pool: every update runs there, in submission order."""
+class _HashWorker:
+    """One thread running sha256 updates in submission order, for every file of a load.
 
-    def __init__(self, pool: ThreadPoolExecutor):
-        self._pool, self.raw = pool, hashlib.sha256()
-
-    def update(self, data: bytes) -> None:
-        self._pool.submit(self.raw.update, data)
-
-    def hexdigest(self) -> str:
-        return self._pool.submit(self.raw.hexdigest).result()
-
-
-class _ReadAhead:
-    """The file object COPY reads from: while one chunk is sent, the worker reads and hashes the next.
-
-    File reads and hashlib release the GIL, as does psycopg2 while sending, so the three overlap; with one
-    worker, reads and hash updates keep their order. At most two chunks are held at a time.
+    At most ``MAX_PENDING`` updates wait at a time, across all files, so a hash slower than the COPY holds
+    memory flat (two 1 MiB chunks) instead of queueing the input.
     """
 
-    def __init__(self, fh: Any, h: _BackgroundSha256, pool: ThreadPoolExecutor):
-        self._fh, self._h, self._pool, self.size = fh, h, pool, 0
-        self._next: Future[bytes] | None = pool.submit(self._fetch)  # starts while COPY is being set up
+    MAX_PENDING = 2
 
-    def _fetch(self) -> bytes:
-        chunk = self._fh.read(CHUNK)
-        self._h.raw.update(chunk)
-        return chunk
+    def __init__(self, pool: ThreadPoolExecutor):
+        self._pool = pool
+        self._pending: deque[Future[None]] = deque()
+
+    def update(self, h: Any, data: bytes) -> None:
+        while len(self._pending) >= self.MAX_PENDING:
+            self._pending.popleft().result()
+        self._pending.append(self._pool.submit(h.update, data))
+
+    def hexdigest(self, h: Any) -> Future[str]:
+        return self._pool.submit(h.hexdigest)
+
+
+class _BackgroundSha256:
+    """A sha256 whose updates run on a :class:`_HashWorker`."""
+
+    def __init__(self, worker: _HashWorker):
+        self._worker, self._raw = worker, hashlib.sha256()
+
+    def update(self, data: bytes) -> None:
+        self._worker.update(self._raw, data)
+
+    def hexdigest(self) -> Future[str]:
+        """The digest once every update submitted so far has run: a future, so nobody waits for it yet."""
+        return self._worker.hexdigest(self._raw)
+
+
+class _HashingReader:
+    """The file object COPY reads from: each chunk is handed to COPY at once and hashed behind it.
+
+    The chunk is read here, as a plain COPY of the file would, and its sha256 update runs in the worker while
+    psycopg2 sends the chunk and the server parses it (hashlib and psycopg2's send both release the GIL), so
+    digesting adds nothing to the COPY's critical path. The chunk before the last is the only one waited for.
+    """
+
+    def __init__(self, fh: Any, h: _BackgroundSha256):
+        self._fh, self._h, self.size = fh, h, 0
 
     def read(self, size: int = -1) -> bytes:
         """The next chunk of up to CHUNK bytes (psycopg2 asks for ``size=CHUNK``); b"" at the end."""
-        if self._next is None:
-            return b""
-        chunk = self._next.result()
-        self._next = self._pool.submit(self._fetch) if chunk else None
-        self.size += len(chunk)
+        chunk = self._fh.read(CHUNK)
+        if chunk:
+            self._h.update(chunk)
+            self.size += len(chunk)
         return chunk
-
-    def settle(self) -> None:
-        """Wait for a read still in flight (after a failed COPY), so the file can be closed safely."""
-        if self._next is not None:
-            self._next.exception()
-            self._next = None
 
 
 def _diagnose(kind: str, path: str, source_file: str, data: bytes) -> None:
