@@ -7,6 +7,7 @@ import threading
 import time
 from pathlib import Path
 
+import pg_load.settings
 import psycopg2
 import pytest
 from pg_load.cli import main, run
@@ -14,6 +15,13 @@ from pg_load.settings import LoadSettings
 from pg_load.store import LoadError
 from pg_load.validate import RowError
 from qa_answer.contract import ANSWER_COLUMNS, REJECTED_COLUMNS, AnswerRow, RejectedRow, dumps
+
+
+@pytest.fixture(autouse=True, params=[64, 0], ids=["read-ahead", "streamed"])
+def read_ahead_mb(request, monkeypatch) -> int:
+    """Every test here runs twice: sources read ahead and sent from memory, and every file streamed."""
+    monkeypatch.setattr(pg_load.settings, "DEFAULT_READ_AHEAD_MB", request.param)
+    return request.param
 
 
 def answer(source: str, n: int, context: str = "Ann lives in Paris.", **kw) -> AnswerRow:
@@ -417,4 +425,38 @@ def test_a_replaced_file_with_another_sources_row_is_named(pg_database, tree):
         run(settings(pg_database, tree))
     assert str(err.value).startswith(f"answers/{name}: record 2: column 'source_file': is 'a.csv'")
     assert table_state(db) == previous
+    db.close()
+
+
+def test_read_ahead_and_streaming_digest_alike(pg_database, tree):
+    """Switching PG_LOAD_READ_AHEAD_MB between runs never makes unchanged files look changed."""
+    first = run(settings(pg_database, tree, read_ahead_mb=0))
+    assert first.result.plan.added == ("a.csv", "sub/b.csv")
+    again = run(settings(pg_database, tree, read_ahead_mb=64))
+    assert again.result.plan.unchanged == ("a.csv", "sub/b.csv") and again.result.rows_written == 0
+    write_source(tree, "a.csv", [answer("a.csv", 1, answer="Ann")])
+    third = run(settings(pg_database, tree, read_ahead_mb=64))
+    assert third.result.plan.replaced == ("a.csv",)
+    fourth = run(settings(pg_database, tree, read_ahead_mb=0))
+    assert fourth.result.plan.unchanged == ("a.csv", "sub/b.csv") and fourth.result.rows_written == 0
+    db = pg_database.connect()
+    assert table_state(db) == expected_from_files(tree)
+    db.close()
+
+
+def test_a_read_ahead_budget_smaller_than_the_input_streams_the_rest(pg_database, tree):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pg_load.plan import scan
+    from pg_load.store import PostgresAnswerStore, Provenance, _read_ahead
+
+    sources = scan(tree)
+    first = sum(stamp[0] for stamp in sources["a.csv"].stamp if stamp)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        assert list(_read_ahead(pool, sources, first)) == ["a.csv"]  # sorted order, stops at the budget
+        assert list(_read_ahead(pool, sources, first - 1)) == []
+    result = PostgresAnswerStore(pg_database.connect, read_ahead_bytes=first).sync(sources, Provenance())
+    assert result.plan.added == ("a.csv", "sub/b.csv") and result.answer_rows == 3
+    db = pg_database.connect()
+    assert table_state(db) == expected_from_files(tree)
     db.close()

@@ -274,6 +274,17 @@ def test_load_settings_flags_win_over_environment(tmp_path):
         LoadSettings.from_args(tmp_path, env, max_attempts=0)
 
 
+def test_read_ahead_comes_from_flag_then_environment_then_default(tmp_path):
+    assert LoadSettings.from_args(tmp_path, {"PG_HOST": "h"}).read_ahead_mb == 64
+    env = {"PG_HOST": "h", "PG_LOAD_READ_AHEAD_MB": "8"}
+    assert LoadSettings.from_args(tmp_path, env).read_ahead_mb == 8
+    assert LoadSettings.from_args(tmp_path, env, read_ahead_mb=0).read_ahead_mb == 0
+    with pytest.raises(SettingsError, match="read-ahead must be >= 0 MiB, got -1"):
+        LoadSettings.from_args(tmp_path, env, read_ahead_mb=-1)
+    with pytest.raises(SettingsError, match="PG_LOAD_READ_AHEAD_MB must be an integer, got 'lots'"):
+        LoadSettings.from_args(tmp_path, {"PG_HOST": "h", "PG_LOAD_READ_AHEAD_MB": "lots"})
+
+
 def test_redact_removes_passwords_from_text():
     text = "failed: postgresql://bob:hunter22@db/x and password=hunter22 and password='a b' and key XYZ"
     out = redact(text, ("XYZ",))

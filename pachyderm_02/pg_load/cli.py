@@ -52,6 +52,7 @@ def run(settings: LoadSettings, *, on_step: StepHook | None = None, sleep=time.s
             target=settings.connection.describe(),
             retry=RetryPolicy(max_attempts=settings.max_attempts, sleep=sleep),
             on_step=on_step,
+            read_ahead_bytes=settings.read_ahead_mb << 20,
         )
         result = store.sync(sources, Provenance(settings.pach_job_id, settings.input_commit))
     return Summary(result, time.perf_counter() - start)
@@ -66,6 +67,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("in_dir", metavar="IN_DIR", help="the answering output, e.g. /pfs/qa-answer")
     parser.add_argument(
         "--max-attempts", type=int, help="tries on transient connection errors (env PG_LOAD_MAX_ATTEMPTS, 5)"
+    )
+    parser.add_argument(
+        "--read-ahead-mb",
+        type=int,
+        help="MiB of input read and hashed while connecting; 0 streams every file "
+        "(env PG_LOAD_READ_AHEAD_MB, 64)",
     )
     parser.add_argument("--job-id", help="provenance job id (env PACH_JOB_ID)")
     parser.add_argument("--input-commit", help="provenance input commit (env <input>_COMMIT)")
@@ -87,6 +94,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             args.in_dir,
             env,
             max_attempts=args.max_attempts,
+            read_ahead_mb=args.read_ahead_mb,
             pach_job_id=args.job_id,
             input_commit=args.input_commit,
         )

@@ -7,7 +7,9 @@ sha256 covers both files, so a source is rewritten only when either of its files
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+import os
+import stat
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,17 +80,40 @@ def scan(in_dir: Path) -> dict[str, Source]:
         raise InputError(
             f"{in_dir}: has neither {ANSWERS_DIR}/ nor {REJECTED_DIR}/ (is it the answering step's output?)"
         )
-    found: dict[str, dict[str, Path]] = {}
+    found: dict[str, dict[str, tuple[Path, tuple[int, int]]]] = {}
     for name, folder in folders.items():
-        if folder.is_dir():
-            for path in folder.rglob("*.csv"):
-                if path.is_file():
-                    found.setdefault(path.relative_to(folder).as_posix(), {})[name] = path
+        for path, rel, stamp in _csv_files(folder):
+            found.setdefault(rel, {})[name] = (path, stamp)
     sources = {}
     for rel in sorted(found):
         answers, rejected = found[rel].get(ANSWERS_DIR), found[rel].get(REJECTED_DIR)
-        sources[rel] = Source(rel, answers, rejected, (file_stamp(answers), file_stamp(rejected)))
+        sources[rel] = Source(
+            rel,
+            answers[0] if answers else None,
+            rejected[0] if rejected else None,
+            (answers[1] if answers else None, rejected[1] if rejected else None),
+        )
     return sources
+
+
+def _csv_files(folder: Path) -> Iterator[tuple[Path, str, tuple[int, int]]]:
+    """(path, posix path relative to ``folder``, stamp) of every regular ``*.csv`` file below it.
+
+    One stat per file (os.walk's directory entries already tell files from folders), so scanning thousands of
+    files stays cheap; like ``Path.rglob`` it does not descend into symlinked folders but follows file links.
+    """
+    for top, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in files:
+            if not name.endswith(".csv"):
+                continue
+            path = Path(top, name)
+            try:
+                st = path.stat()
+            except FileNotFoundError:  # a dangling link
+                continue
+            if stat.S_ISREG(st.st_mode):
+                yield path, path.relative_to(folder).as_posix(), (st.st_size, st.st_mtime_ns)
 
 
 def file_stamp(path: Path | None) -> tuple[int, int] | None:

@@ -14,6 +14,8 @@ from pathlib import Path
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 DEFAULT_SSLMODE = "verify-full"
 DEFAULT_MAX_ATTEMPTS = 5
+#: MiB of input read and hashed ahead while connecting (pg_load.store.READ_AHEAD_BYTES explains why)
+DEFAULT_READ_AHEAD_MB = 64
 
 #: environment variable -> libpq keyword
 PG_ENV = {
@@ -100,6 +102,7 @@ class LoadSettings:
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     pach_job_id: str | None = None
     input_commit: str | None = None
+    read_ahead_mb: int = DEFAULT_READ_AHEAD_MB
 
     @classmethod
     def from_args(
@@ -110,18 +113,24 @@ class LoadSettings:
         max_attempts: int | None = None,
         pach_job_id: str | None = None,
         input_commit: str | None = None,
+        read_ahead_mb: int | None = None,
     ) -> LoadSettings:
         in_path = Path(in_dir)
         attempts = max_attempts if max_attempts is not None else _int_env(env, "PG_LOAD_MAX_ATTEMPTS")
         attempts = DEFAULT_MAX_ATTEMPTS if attempts is None else attempts
         if attempts < 1:
             raise SettingsError(f"max attempts must be >= 1, got {attempts}")
+        ahead = read_ahead_mb if read_ahead_mb is not None else _int_env(env, "PG_LOAD_READ_AHEAD_MB")
+        ahead = DEFAULT_READ_AHEAD_MB if ahead is None else ahead
+        if ahead < 0:
+            raise SettingsError(f"read-ahead must be >= 0 MiB, got {ahead}")
         return cls(
             in_dir=in_path,
             connection=ConnectionSettings.from_env(env),
             max_attempts=attempts,
             pach_job_id=pach_job_id or env.get("PACH_JOB_ID") or None,
             input_commit=input_commit or pachyderm_input_commit(in_path, env),
+            read_ahead_mb=ahead,
         )
 
 

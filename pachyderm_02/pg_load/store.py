@@ -10,11 +10,11 @@ fast, naming the file, record and column.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import random
 import re
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,14 +26,16 @@ from qa_answer.contract import ANSWERS_DIR
 
 from . import sql
 from .migrate import creates_tables, migrate
-from .plan import Plan, Source, diff, frame
+from .plan import Plan, Source, diff, digest, frame
 from .validate import RowError, check_answers, check_rejected
 
 log = logging.getLogger("pg_load")
 
 TABLES = (sql.ANSWERS, sql.REJECTED)
-#: bytes per read handed to COPY; each chunk is hashed in a worker while it is sent and parsed
+#: bytes per read handed to COPY (and to sha256)
 CHUNK = 1 << 20
+#: input read and hashed ahead, in a worker, while the load connects, locks and migrates (see _read_ahead)
+READ_AHEAD_BYTES = 64 << 20
 #: below this many bytes of new answers, the primary key is built without parallel workers (see sql.add_key)
 PARALLEL_KEY_BYTES = 256 << 20
 
@@ -120,17 +122,29 @@ class PostgresAnswerStore:
         target: str = "the database",
         retry: RetryPolicy | None = None,
         on_step: StepHook | None = None,
+        read_ahead_bytes: int = READ_AHEAD_BYTES,
     ):
         self._connect = connect
         self._target = target
         self._retry = retry or RetryPolicy()
         self._on_step = on_step
+        self._read_ahead_bytes = read_ahead_bytes
 
     def sync(self, sources: Mapping[str, Source], provenance: Provenance) -> LoadResult:
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pg-load-read")
+        try:
+            ahead = _read_ahead(pool, sources, self._read_ahead_bytes)
+            return self._sync_retrying(sources, provenance, ahead)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _sync_retrying(
+        self, sources: Mapping[str, Source], provenance: Provenance, ahead: dict[str, Future[_Ahead]]
+    ) -> LoadResult:
         attempts = self._retry.max_attempts
         for attempt in range(1, attempts + 1):
             try:
-                return self._sync_once(sources, provenance, attempt)
+                return self._sync_once(sources, provenance, attempt, ahead)
             except psycopg2.Error as exc:
                 if not is_transient(exc):
                     raise LoadError(f"{self._target}: {describe_db_error(exc)}") from None
@@ -153,7 +167,13 @@ class PostgresAnswerStore:
         if self._on_step is not None:
             self._on_step(name, attempt, conn.get_backend_pid())
 
-    def _sync_once(self, sources: Mapping[str, Source], provenance: Provenance, attempt: int) -> LoadResult:
+    def _sync_once(
+        self,
+        sources: Mapping[str, Source],
+        provenance: Provenance,
+        attempt: int,
+        ahead: dict[str, Future[_Ahead]],
+    ) -> LoadResult:
         conn = self._connect()
         try:
             conn.autocommit = False
@@ -164,13 +184,19 @@ class PostgresAnswerStore:
             applied = tuple(migrate(cur))
             cur.execute(sql.SELECT_SOURCES)
             loaded = dict(cur.fetchall())
-            # Only sources qa_sources knows need hashing up front; new ones are hashed while they stream.
-            digests = {name: s.read_digest() for name, s in sources.items() if name in loaded}
+            # Only sources qa_sources knows need a digest now; new ones are hashed ahead or as they stream.
+            digests = {
+                name: ahead[name].result().digest if name in ahead else s.read_digest()
+                for name, s in sources.items()
+                if name in loaded
+            }
             plan = diff({name: digests.get(name) for name in sources}, loaded)
+            for name in plan.unchanged:
+                ahead.pop(name, None)  # frees the bytes read ahead
             if plan.is_noop and not applied:
                 conn.rollback()  # nothing written: the transaction only read
                 return LoadResult(plan=plan, attempts=attempt)
-            written, counts = self._write(cur, plan, sources, digests, creates_tables(applied))
+            written, counts = self._write(cur, plan, sources, digests, ahead, creates_tables(applied))
             self._step("staged", attempt, conn)
             written += self._apply(cur, plan, digests, counts, provenance)
             self._step("applied", attempt, conn)
@@ -187,6 +213,7 @@ class PostgresAnswerStore:
         plan: Plan,
         sources: Mapping[str, Source],
         digests: dict[str, str],
+        ahead: dict[str, Future[_Ahead]],
         new_tables: bool = False,
     ) -> tuple[int, dict[str, tuple[int, int]]]:
         """COPY added sources straight into the tables and replaced ones into temporary stages.
@@ -195,7 +222,7 @@ class PostgresAnswerStore:
         the cheapest correct write; replaced sources go through a stage so unchanged rows are left alone.
         When this transaction created the tables (``new_tables``: nobody else can see them yet), the answers'
         primary key is built once after the COPY instead of row by row during it. Fills ``digests`` for the
-        added sources.
+        added sources. A source read ahead is sent from memory, and its bytes are freed once sent.
         """
         written = 0
         bulk_key = new_tables and bool(plan.added)
@@ -209,20 +236,16 @@ class PostgresAnswerStore:
             for table in TABLES:
                 cur.execute(sql.create_stage(table))
         counts: dict[str, tuple[int, int]] = {}
-        hashed: dict[str, Future[str]] = {}
         total = len(plan.to_write)
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pg-load-hash") as pool:
-            worker = _HashWorker(pool)
-            for i, name in enumerate(plan.to_write, 1):
-                direct = name in plan.added
-                counts[name], hashed[name] = self._copy_source(cur, sources[name], direct, worker)
-                if direct:
-                    written += sum(counts[name])
-                log.info("copied %d/%d %s (%d answers, %d rejected)", i, total, name, *counts[name])
-            # Digests are collected only now, so the hashing may trail the COPYs without ever stalling them.
-            for name, sha in hashed.items():
-                if digests.setdefault(name, sha.result()) != sha.result():
-                    raise LoadError(f"{name}: changed while loading; run pg-load again")
+        for i, name in enumerate(plan.to_write, 1):
+            direct = name in plan.added
+            read = ahead.pop(name, None)
+            counts[name], sha = self._copy_source(cur, sources[name], direct, read.result() if read else None)
+            if digests.setdefault(name, sha) != sha:
+                raise LoadError(f"{name}: changed while loading; run pg-load again")
+            if direct:
+                written += sum(counts[name])
+            log.info("copied %d/%d %s (%d answers, %d rejected)", i, total, name, *counts[name])
         if bulk_key:
             self._add_key(cur, plan, sources)
         return written, counts
@@ -242,49 +265,65 @@ class PostgresAnswerStore:
             raise LoadError(f"{self._target}: {describe_db_error(exc)}") from None
 
     def _copy_source(
-        self, cur: Any, source: Source, direct: bool, worker: _HashWorker
-    ) -> tuple[tuple[int, int], Future[str]]:
-        """COPY one source's two files, hashing them on the way; returns (answer, rejected) rows and digest.
+        self, cur: Any, source: Source, direct: bool, read: _Ahead | None = None
+    ) -> tuple[tuple[int, int], str]:
+        """COPY one source's two files; returns (answer, rejected) rows and the source's digest.
 
-        PostgreSQL's type input checks every row, and the COPY refuses a row whose source_file is not this
-        file's path. The file streams in 1 MiB chunks (memory stays flat); each chunk's hash overlaps sending
-        it and the server's parsing.
+        A source read ahead is sent from memory, so its digest is that of the very bytes sent; any other
+        streams from disk in 1 MiB chunks (memory stays flat), each hashed on its way.
         """
-        h = _BackgroundSha256(worker)
+        h = None if read else hashlib.sha256()
         counts = []
-        for (kind, path), table, stamp in zip(source.files(), TABLES, source.stamp, strict=True):
-            h.update(frame(kind, stamp[0] if stamp else None))
+        for i, ((kind, path), table, stamp) in enumerate(
+            zip(source.files(), TABLES, source.stamp, strict=True)
+        ):
+            if h is not None:
+                h.update(frame(kind, stamp[0] if stamp else None))
             if path is None or stamp is None:
                 counts.append(0)
                 continue
-            shown = f"{kind}/{source.source_file}"
-            header = ",".join(sql.COLUMNS[table]).encode()
-            with path.open("rb") as fh:
-                head = fh.read(len(header) + 2)
-                if not (head.startswith((header + b"\n", header + b"\r\n")) or head == header):
-                    _diagnose(kind, shown, source.source_file, path.read_bytes())  # names the bad header
-                if len(head) == stamp[0] and head.strip() == header:
-                    h.update(head)  # header only (most rejected/ files): no rows, no COPY round trip
-                    counts.append(0)
-                    continue
-                fh.seek(0)
-                target = table if direct else sql.stage_of(table)
-                copy = sql.copy_csv(target, sql.COLUMNS[table], source.source_file)
-                reader = _HashingReader(fh, h)
-                try:
-                    cur.copy_expert(copy, reader, size=CHUNK)
-                except psycopg2.Error as exc:
-                    if is_transient(exc):
-                        raise
-                    _diagnose(kind, shown, source.source_file, path.read_bytes())
-                    raise _copy_error(shown, exc) from None
-                if reader.size != stamp[0]:
-                    raise LoadError(f"{source.source_file}: changed while loading; run pg-load again")
-            counts.append(cur.rowcount)
+            data = read.data[i] if read else None
+            with io.BytesIO(data) if data is not None else path.open("rb") as fh:
+                # Bytes in memory go to COPY in one piece (BytesIO hands them over without a copy).
+                chunk = CHUNK if data is None else max(CHUNK, len(data))
+                rows, size = self._copy_file(cur, fh, h, chunk, kind, table, source, direct)
+            if size != stamp[0]:
+                raise LoadError(f"{source.source_file}: changed while loading; run pg-load again")
+            counts.append(rows)
         if not source.unchanged_since_scan():
             # Pachyderm inputs are immutable; a local folder may not be. Never record a digest of other bytes.
             raise LoadError(f"{source.source_file}: changed while loading; run pg-load again")
-        return (counts[0], counts[1]), h.hexdigest()
+        return (counts[0], counts[1]), read.digest if read else h.hexdigest()
+
+    def _copy_file(
+        self, cur: Any, fh: Any, h: Any, chunk: int, kind: str, table: str, source: Source, direct: bool
+    ) -> tuple[int, int]:
+        """COPY one file from ``fh``, ``chunk`` bytes a read, updating ``h`` if given; returns (rows, bytes).
+
+        PostgreSQL's type input checks every row, and the COPY refuses a row whose source_file is not this
+        file's path.
+        """
+        shown = f"{kind}/{source.source_file}"
+        header = ",".join(sql.COLUMNS[table]).encode()
+        head = fh.read(len(header) + 2)
+        if not (head.startswith((header + b"\n", header + b"\r\n")) or head == header):
+            _diagnose(kind, shown, source.source_file, head + fh.read())  # names the bad header
+        if head.strip() == header and not fh.read(1):
+            if h is not None:
+                h.update(head)  # header only (most rejected/ files): no rows, no COPY round trip
+            return 0, len(head)
+        fh.seek(0)
+        copy = sql.copy_csv(table if direct else sql.stage_of(table), sql.COLUMNS[table], source.source_file)
+        reader = _HashingReader(fh, h, chunk)
+        try:
+            cur.copy_expert(copy, reader, size=chunk)
+        except psycopg2.Error as exc:
+            if is_transient(exc):
+                raise
+            fh.seek(0)
+            _diagnose(kind, shown, source.source_file, fh.read())
+            raise _copy_error(shown, exc) from None
+        return cur.rowcount, reader.size
 
     def _apply(
         self,
@@ -315,60 +354,58 @@ class PostgresAnswerStore:
         return written
 
 
-class _HashWorker:
-    """One thread running sha256 updates in submission order, for every file of a load.
-
-    At most ``MAX_PENDING`` updates wait at a time, across all files, so a hash slower than the COPY holds
-    memory flat (two 1 MiB chunks) instead of queueing the input.
-    """
-
-    MAX_PENDING = 2
-
-    def __init__(self, pool: ThreadPoolExecutor):
-        self._pool = pool
-        self._pending: deque[Future[None]] = deque()
-
-    def update(self, h: Any, data: bytes) -> None:
-        while len(self._pending) >= self.MAX_PENDING:
-            self._pending.popleft().result()
-        self._pending.append(self._pool.submit(h.update, data))
-
-    def hexdigest(self, h: Any) -> Future[str]:
-        return self._pool.submit(h.hexdigest)
-
-
-class _BackgroundSha256:
-    """A sha256 whose updates run on a :class:`_HashWorker`."""
-
-    def __init__(self, worker: _HashWorker):
-        self._worker, self._raw = worker, hashlib.sha256()
-
-    def update(self, data: bytes) -> None:
-        self._worker.update(self._raw, data)
-
-    def hexdigest(self) -> Future[str]:
-        """The digest once every update submitted so far has run: a future, so nobody waits for it yet."""
-        return self._worker.hexdigest(self._raw)
-
-
 class _HashingReader:
-    """The file object COPY reads from: each chunk is handed to COPY at once and hashed behind it.
+    """The file object COPY reads from: each chunk is hashed as COPY takes it, so the file is read once.
 
-    The chunk is read here, as a plain COPY of the file would, and its sha256 update runs in the worker while
-    psycopg2 sends the chunk and the server parses it (hashlib and psycopg2's send both release the GIL), so
-    digesting adds nothing to the COPY's critical path. The chunk before the last is the only one waited for.
+    Hashing here, in the sending thread, measured cheaper than a worker thread: on a 2-core machine the
+    thread's hand-offs cost more CPU than they hid (the server's parsing, not the client, sets the pace).
     """
 
-    def __init__(self, fh: Any, h: _BackgroundSha256):
-        self._fh, self._h, self.size = fh, h, 0
+    def __init__(self, fh: Any, h: Any | None, chunk: int = CHUNK):
+        self._fh, self._h, self._chunk, self.size = fh, h, chunk, 0
 
     def read(self, size: int = -1) -> bytes:
-        """The next chunk of up to CHUNK bytes (psycopg2 asks for ``size=CHUNK``); b"" at the end."""
-        chunk = self._fh.read(CHUNK)
-        if chunk:
+        """The next chunk of up to ``chunk`` bytes (psycopg2 asks for that size); b"" at the end."""
+        chunk = self._fh.read(self._chunk)
+        if self._h is not None:
             self._h.update(chunk)
-            self.size += len(chunk)
+        self.size += len(chunk)
         return chunk
+
+
+@dataclass(frozen=True)
+class _Ahead:
+    """A source's two files (None where absent), read before its COPY, and the digest of those bytes."""
+
+    data: tuple[bytes | None, bytes | None]
+    digest: str
+
+
+def _read_source(source: Source) -> _Ahead:
+    data = (
+        source.answers.read_bytes() if source.answers else None,
+        source.rejected.read_bytes() if source.rejected else None,
+    )
+    return _Ahead(data, digest(*data))
+
+
+def _read_ahead(
+    pool: ThreadPoolExecutor, sources: Mapping[str, Source], budget: int
+) -> dict[str, Future[_Ahead]]:
+    """Start reading and hashing the first sources (sorted, up to ``budget`` bytes) in ``pool``'s worker.
+
+    The worker runs while the load connects, takes the lock, migrates and plans: time in which the server, not
+    this client, is busy, so the hashing that would otherwise compete with the server's COPY parsing for the
+    CPU is mostly done before the first COPY starts. Sources beyond the budget stream and hash as before.
+    """
+    ahead: dict[str, Future[_Ahead]] = {}
+    for name in sorted(sources):
+        size = sum(stamp[0] for stamp in sources[name].stamp if stamp)
+        if size > budget:
+            break
+        budget -= size
+        ahead[name] = pool.submit(_read_source, sources[name])
+    return ahead
 
 
 def _diagnose(kind: str, path: str, source_file: str, data: bytes) -> None:
