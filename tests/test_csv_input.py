@@ -214,3 +214,16 @@ def test_memory_does_not_grow_with_file_size():
     small = _peak_bytes_reading(5_000, chunk_rows=100)
     large = _peak_bytes_reading(50_000, chunk_rows=100)
     assert large < 1.5 * small, (small, large)
+
+
+@pytest.mark.parametrize(
+    "text", ["a lone carriage\rreturn", "crlf\r\ninside", "new\nline", "\r", 'quote " and, comma', ""]
+)
+def test_contract_writer_output_reads_back_field_for_field(text):
+    """A question or context read from a quoted field must survive into answers/: a bare CR included."""
+    from qa_answer.contract import ANSWER_COLUMNS, AnswerRow, dumps, read_answers
+
+    row = AnswerRow("f.csv", 1, "id", text, f"{text} Paris", "Paris", 0.5, 0, 5, "m", {"k": text})
+    data = dumps(ANSWER_COLUMNS, [row.to_record()])
+    assert list(read_answers(io.StringIO(data, newline=""))) == [row]
+    assert data.count("\n") == 2 + 2 * text.count("\n")  # header + one record; no split at the CR

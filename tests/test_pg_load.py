@@ -194,6 +194,7 @@ HOSTILE = [
     "back\\slash \\N \\. \\\\ and a tab\there",
     "'); DROP TABLE qa_answers; --",
     "line one\nline two\r\nline three\rend",
+    "a lone carriage\rreturn",  # quoted by Python 3.13's csv writer, not by 3.11/3.12's unless told
     "\\.",
     "unicode: café naïve 日本語 עברית 🙂 e\u0301 \u200b zero-width \ufeff bom",
     "   leading and trailing spaces   ",

@@ -124,9 +124,28 @@ def escape_raw(data: bytes | str, limit: int = 2000) -> str:
     return "".join(out)
 
 
-def csv_writer(stream: TextIO, columns: Iterable[str]) -> Any:
-    """A ``csv.writer`` in the contract's dialect with the header already written (rows can stream in)."""
-    writer = csv.writer(stream, lineterminator="\n")
+class _ContractWriter:
+    """``csv.writer`` in the contract's dialect (minimal quoting, "\n" line ends) that also quotes a lone CR.
+
+    Before Python 3.13 the writer quotes only the line terminator's characters, so a field holding "\r" but no
+    "\n" went out bare and every CSV reader (Python's, PostgreSQL's COPY) split the record there. Such rows
+    are written with every field quoted; readers see the same values (an empty quoted field still reads as
+    empty, and pg-load's COPY turns an empty ``extra`` into NULL either way).
+    """
+
+    def __init__(self, stream: TextIO):
+        self._minimal = csv.writer(stream, lineterminator="\n")
+        self._quoted = csv.writer(stream, lineterminator="\n", quoting=csv.QUOTE_ALL)
+
+    def writerow(self, record: Iterable[Any]) -> Any:
+        record = list(record)
+        bare_cr = any(isinstance(field, str) and "\r" in field and "\n" not in field for field in record)
+        return (self._quoted if bare_cr else self._minimal).writerow(record)
+
+
+def csv_writer(stream: TextIO, columns: Iterable[str]) -> _ContractWriter:
+    """A writer in the contract's dialect with the header already written (rows can stream in)."""
+    writer = _ContractWriter(stream)
     writer.writerow(list(columns))
     return writer
 
