@@ -71,8 +71,14 @@ def check_model(settings: DemoSettings) -> str | None:
         "(random weights: the answers are arbitrary spans, the pipeline is the real one), or download\n"
         f"{DEFAULT_MODEL} on a connected machine and set QA_MODEL to that folder."
     )
-    if Path(settings.model).is_dir():
-        if (Path(settings.model) / "config.json").exists():
+    from qa_answer.model_loading import ModelLoadError, local_folder
+
+    try:
+        folder = local_folder(settings.model)  # a path-like name of a missing folder is not a hub id
+    except ModelLoadError:
+        return f"QA_MODEL folder {Path(settings.model).resolve()} does not exist\n{how}"
+    if folder is not None:
+        if (folder / "config.json").exists():
             return None
         return f"QA_MODEL folder {settings.model} holds no config.json\n{how}"
     try:

@@ -77,3 +77,8 @@ def test_demo_without_a_loadable_model_explains_how_to_make_one(tmp_path):
         and "QA_MODEL=.demo/tiny-model make demo" in result.stderr
     )
     assert not (tmp_path / "demo").exists()  # no service was started
+
+    missing = run_demo("--state-dir", str(tmp_path / "demo"), "--model", str(tmp_path / "nope"))
+    assert missing.returncode == 2
+    assert f"QA_MODEL folder {tmp_path / 'nope'} does not exist" in missing.stderr  # not a hub-id complaint
+    assert "QA_MODEL=.demo/tiny-model make demo" in missing.stderr

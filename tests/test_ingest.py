@@ -54,7 +54,7 @@ def test_mirrors_only_csvs_under_the_prefix_with_nested_paths(gcs_bucket, tmp_pa
     assert files_under(out) == {
         "a.csv": CSV,
         "sub/b.csv": CSV + b"Where?,In Paris.\n",
-        "sub/deep/c.CSV": b"question,context\n",
+        "sub/deep/c.csv": b"question,context\n",  # saved lower-case, so the /**.csv glob matches it
     }
     stdout = capsys.readouterr().out
     assert f"ingest summary: source=gs://{gcs_bucket.name}/data/ files=3 skipped=0 bytes=" in stdout
@@ -126,6 +126,15 @@ def test_names_that_clash_as_file_and_folder_are_skipped(tmp_path, caplog):
     messages = [r.getMessage() for r in caplog.records]
     assert messages[0].startswith("skipping 'f.csv/g.csv' from mem://: cannot create 'f.csv/g.csv': ")
     assert messages[1] == "skipping 'd.csv' from mem://: 'd.csv' is a folder"
+
+
+def test_upper_case_extensions_are_saved_lower_case_and_an_exact_name_wins_a_clash(tmp_path, caplog):
+    """The answering spec's glob (/**.csv) is case-sensitive: x.CSV must land as x.csv to become a datum."""
+    source = InMemorySource({"A.CSV": CSV, "b.Csv": b"q,c\n", "b.csv": CSV})
+    summary = mirror_source(source, tmp_path / "out")
+    assert (summary.files, summary.skipped) == (2, 1)
+    assert files_under(tmp_path / "out") == {"A.csv": CSV, "b.csv": CSV}
+    assert any(r.getMessage().startswith("skipping 'b.Csv'") for r in caplog.records)
 
 
 def test_download_checksum_is_verified_against_the_listed_metadata(gcs_bucket, tmp_path):

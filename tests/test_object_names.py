@@ -40,6 +40,8 @@ def test_plain_names_are_kept(name, path):
             "a_b/c.csv",
             "backslashes replaced by '_'; empty or '.' path components dropped",
         ),
+        ("UPPER.CSV", "UPPER.csv", "extension '.CSV' written as '.csv'"),
+        ("Dir.CSV/mixed.Csv", "Dir.CSV/mixed.csv", "extension '.Csv' written as '.csv'"),
     ],
 )
 def test_harmless_oddities_are_normalised_with_a_reason(name, path, reason):

@@ -62,18 +62,22 @@ def test_digest_covers_both_files_and_tells_absent_from_empty():
     assert len(digest(None, None)) == 64
 
 
-def test_scan_pairs_answers_and_rejected_by_relative_path(tmp_path):
+def test_scan_pairs_answers_and_rejected_by_relative_path(tmp_path, caplog):
     for rel in (
         "answers/x.csv",
         "rejected/x.csv",
         "answers/sub/y.csv",
         "rejected/only.csv",
         "answers/notes.txt",
+        "answers/UP.CSV",  # `qa-answer answer` run by hand keeps the input's extension
     ):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(rel.encode())
     sources = scan(tmp_path)
-    assert list(sources) == ["only.csv", "sub/y.csv", "x.csv"]
+    assert list(sources) == ["UP.CSV", "only.csv", "sub/y.csv", "x.csv"]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"ignoring {tmp_path}/answers/notes.txt: not a .csv file"
+    ]
     assert sources["x.csv"].answers == tmp_path / "answers/x.csv"
     assert sources["only.csv"].answers is None and sources["sub/y.csv"].rejected is None
     assert sources["x.csv"].read_digest() == digest(b"answers/x.csv", b"rejected/x.csv")

@@ -1,7 +1,8 @@
 """Map untrusted bucket object names to safe relative paths, so a download can never escape OUT_DIR.
 
 Pure. Policy: harmless oddities are normalised (empty and ``.`` components from ``//``, a leading or
-trailing ``/``; a backslash becomes ``_`` so a Windows-style ``..\\x`` is just a file name); anything
+trailing ``/``; a backslash becomes ``_`` so a Windows-style ``..\\x`` is just a file name; an upper- or
+mixed-case ``.CSV`` extension becomes ``.csv``, which the case-sensitive pipeline glob matches); anything
 that could mean something else on disk or break logs is rejected with a reason: ``..`` components,
 control characters (NUL, newline, ...), text that is not valid UTF-8, a component over 255 bytes or a
 path over 4096 bytes (Linux limits).
@@ -56,6 +57,11 @@ def map_object_name(name: str) -> MappedName:
             return MappedName(
                 name, None, f"object name has a path component longer than {MAX_COMPONENT_BYTES} bytes"
             )
+    if kept[-1].lower().endswith(".csv") and not kept[-1].endswith(".csv"):
+        # The answering pipeline's glob (/**.csv) is case-sensitive, as Pachyderm's globs are: "x.CSV" must be
+        # saved as "x.csv" or it would never become a datum.
+        changes.append(f"extension {kept[-1][-4:]!r} written as '.csv'")
+        kept[-1] = kept[-1][:-4] + ".csv"
     path = "/".join(kept)
     if len(path.encode("utf-8")) > MAX_PATH_BYTES:
         return MappedName(name, None, f"object name is longer than {MAX_PATH_BYTES} bytes")

@@ -7,6 +7,7 @@ sha256 covers both files, so a source is rewritten only when either of its files
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import stat
 from collections.abc import Iterator, Mapping
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qa_answer.contract import ANSWERS_DIR, REJECTED_DIR
+
+log = logging.getLogger("pg_load")
 
 
 class InputError(ValueError):
@@ -97,7 +100,7 @@ def scan(in_dir: Path) -> dict[str, Source]:
 
 
 def _csv_files(folder: Path) -> Iterator[tuple[Path, str, tuple[int, int]]]:
-    """(path, posix path relative to ``folder``, stamp) of every regular ``*.csv`` file below it.
+    """(path, posix path relative to ``folder``, stamp) of every regular ``*.csv`` file below it (any case).
 
     One stat per file (os.walk's directory entries already tell files from folders), so scanning thousands of
     files stays cheap; like ``Path.rglob`` it does not descend into symlinked folders but follows file links.
@@ -105,9 +108,10 @@ def _csv_files(folder: Path) -> Iterator[tuple[Path, str, tuple[int, int]]]:
     for top, dirs, files in os.walk(folder):
         dirs.sort()
         for name in files:
-            if not name.endswith(".csv"):
-                continue
             path = Path(top, name)
+            if not name.lower().endswith(".csv"):  # any case, as `qa-answer answer` reads and writes them
+                log.warning("ignoring %s: not a .csv file", path)
+                continue
             try:
                 st = path.stat()
             except FileNotFoundError:  # a dangling link
