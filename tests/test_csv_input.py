@@ -227,3 +227,48 @@ def test_contract_writer_output_reads_back_field_for_field(text):
     data = dumps(ANSWER_COLUMNS, [row.to_record()])
     assert list(read_answers(io.StringIO(data, newline=""))) == [row]
     assert data.count("\n") == 2 + 2 * text.count("\n")  # header + one record; no split at the CR
+
+
+def test_a_quoting_error_in_a_multiline_record_rejects_that_record_only():
+    """A strict reader would restart at the next physical line, inside the quoted context, inventing rows."""
+    data = (
+        b"id,question,context\n"
+        b'A1,"Who won?" ,"Report:\nBob, the winner, smiled.\nEnd."\n'  # a space after the closing quote
+        b"A2,Who lost?,Carl lost.\n"
+    )
+    rows, rejected = read_all(data)
+    assert [(r.row_number, r.id) for r in rows] == [(2, "A2")]
+    assert [(r.row_number, r.error, r.raw) for r in rejected] == [
+        (
+            1,
+            "malformed CSV: ',' expected after '\"'",
+            'A1,"Who won?" ,"Report:\nBob, the winner, smiled.\nEnd."',
+        )
+    ]
+
+
+def test_a_quoting_error_in_the_header_rejects_the_file():
+    rows, rejected = read_all(b'"question" ,context\nq,c\n')
+    assert rows == []
+    assert [(r.row_number, r.error) for r in rejected] == [
+        (0, "cannot parse the header row: ',' expected after '\"'")
+    ]
+
+
+def test_a_field_over_the_size_limit_stops_the_file_there(monkeypatch):
+    import csv
+
+    from qa_answer import csv_input
+
+    previous = csv.field_size_limit()
+    try:
+        csv.field_size_limit(100)
+        monkeypatch.setattr(csv_input, "MAX_FIELD_CHARS", 100)
+        data = b'question,context\nq1,c1\nq2,"' + b"x" * 150 + b'\nstill inside"\nq3,c3\n'
+        rows, rejected = read_all(data)
+    finally:
+        csv.field_size_limit(previous)
+    assert [r.row_number for r in rows] == [1]
+    assert [(r.row_number, r.error) for r in rejected] == [
+        (2, "malformed CSV: field larger than field limit (100); the rest of the file was not read")
+    ]

@@ -109,7 +109,11 @@ def read_question_chunks(stream: BinaryIO, chunk_rows: int = 512) -> Iterator[Ch
     # surrogateescape keeps undecodable bytes as lone surrogates so one bad row cannot stop the file.
     text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
     lines = _RecordingLines(text)
-    reader = csv.reader(lines, strict=True)
+    # Record boundaries come from a lenient reader (as spreadsheet tools see them); a record with a quoting
+    # error is then re-read strictly and rejected. A strict reader alone would drop the rest of the line at
+    # the error and resynchronise on the next physical line: inside a quoted multi-line field that invents
+    # records and shifts every later row_number.
+    reader = csv.reader(lines)
     try:
         header = _read_header(reader, lines)
     except _HeaderError as exc:
@@ -125,14 +129,18 @@ def read_question_chunks(stream: BinaryIO, chunk_rows: int = 512) -> Iterator[Ch
         except StopIteration:
             break
         except csv.Error as exc:
+            # Only a field over MAX_FIELD_CHARS gets here. Where the next record starts is unknown (the reader
+            # resumes at the next physical line, maybe inside this field), so nothing after it is trusted.
             row_number += 1
-            chunk.rejected.append(RowRejection(row_number, f"malformed CSV: {exc}", _raw_text(lines.take())))
+            reason = f"malformed CSV: {exc}; the rest of the file was not read"
+            chunk.rejected.append(RowRejection(row_number, reason, _raw_text(lines.take())))
+            break
         else:
             raw = lines.take()
             if not record:
                 continue  # a blank line is not a record
             row_number += 1
-            parsed = _parse_record(record, header, row_number, raw)
+            parsed = _quoting_error(raw) or _parse_record(record, header, row_number, raw)
             if isinstance(parsed, str):
                 chunk.rejected.append(RowRejection(row_number, parsed, _raw_text(raw)))
             else:
@@ -155,6 +163,9 @@ def _read_header(reader: Iterator[list[str]], lines: _RecordingLines) -> _Header
         raw = lines.take()
         if record:
             break
+    bad_quoting = _quoting_error(raw)
+    if bad_quoting:
+        raise _HeaderError(f"cannot parse the header row: {bad_quoting.removeprefix('malformed CSV: ')}", raw)
     joined = ",".join(record)
     if joined.startswith(("\udcff\udcfe", "\udcfe\udcff")):
         raise _HeaderError("the file is UTF-16 encoded; save it as UTF-8", raw)
@@ -218,6 +229,18 @@ def _parse_record(record: list[str], header: _Header, row_number: int, raw: str)
         extra={name: record[index] for name, index in header.extras},
         raw=raw,
     )
+
+
+def _quoting_error(raw: str) -> str | None:
+    """The strict reader's complaint about one record's text (a stray or unterminated quote), if any."""
+    if '"' not in raw:
+        return None  # only quotes make a strict reader disagree with a lenient one
+    try:
+        for _ in csv.reader(io.StringIO(raw, newline=""), strict=True):
+            pass
+    except csv.Error as exc:
+        return f"malformed CSV: {exc}"
+    return None
 
 
 def _column_name(header: _Header, index: int) -> str:
