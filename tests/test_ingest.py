@@ -118,14 +118,22 @@ class InMemorySource:
         return obj
 
 
-def test_names_that_clash_as_file_and_folder_are_skipped(tmp_path, caplog):
+def test_folders_named_like_csv_files_are_renamed_so_no_file_becomes_two_datums(tmp_path, caplog):
+    """/**.csv matches folders too: "f.csv/g.csv" saved as is would be a datum inside the datum "f.csv/"."""
+    caplog.set_level("INFO")
     source = InMemorySource({"f.csv": CSV, "f.csv/g.csv": CSV, "d.csv/e.csv": CSV, "d.csv": CSV})
     summary = mirror_source(source, tmp_path / "out")
-    assert (summary.files, summary.skipped) == (2, 2)
-    assert files_under(tmp_path / "out") == {"f.csv": CSV, "d.csv/e.csv": CSV}
-    messages = [r.getMessage() for r in caplog.records]
-    assert messages[0].startswith("skipping 'f.csv/g.csv' from mem://: cannot create 'f.csv/g.csv': ")
-    assert messages[1] == "skipping 'd.csv' from mem://: 'd.csv' is a folder"
+    assert (summary.files, summary.skipped) == (4, 0)
+    assert files_under(tmp_path / "out") == {
+        "f.csv": CSV,
+        "f_csv/g.csv": CSV,
+        "d_csv/e.csv": CSV,
+        "d.csv": CSV,
+    }
+    assert (
+        "saving 'f.csv/g.csv' as 'f_csv/g.csv': folder name(s) ending in .csv renamed to *_csv: 'f.csv'"
+        in [r.getMessage() for r in caplog.records]
+    )
 
 
 def test_upper_case_extensions_are_saved_lower_case_and_an_exact_name_wins_a_clash(tmp_path, caplog):

@@ -41,7 +41,16 @@ def test_plain_names_are_kept(name, path):
             "backslashes replaced by '_'; empty or '.' path components dropped",
         ),
         ("UPPER.CSV", "UPPER.csv", "extension '.CSV' written as '.csv'"),
-        ("Dir.CSV/mixed.Csv", "Dir.CSV/mixed.csv", "extension '.Csv' written as '.csv'"),
+        (
+            "Dir.CSV/mixed.Csv",
+            "Dir_csv/mixed.csv",
+            "folder name(s) ending in .csv renamed to *_csv: 'Dir.CSV'; extension '.Csv' written as '.csv'",
+        ),
+        (
+            "reports.csv/2024/part1.csv",
+            "reports_csv/2024/part1.csv",
+            "folder name(s) ending in .csv renamed to *_csv: 'reports.csv'",
+        ),
     ],
 )
 def test_harmless_oddities_are_normalised_with_a_reason(name, path, reason):

@@ -2,7 +2,8 @@
 
 Pure. Policy: harmless oddities are normalised (empty and ``.`` components from ``//``, a leading or
 trailing ``/``; a backslash becomes ``_`` so a Windows-style ``..\\x`` is just a file name; an upper- or
-mixed-case ``.CSV`` extension becomes ``.csv``, which the case-sensitive pipeline glob matches); anything
+mixed-case ``.CSV`` extension becomes ``.csv``, which the case-sensitive pipeline glob matches, and a folder
+named ``*.csv`` becomes ``*_csv``, which it does not); anything
 that could mean something else on disk or break logs is rejected with a reason: ``..`` components,
 control characters (NUL, newline, ...), text that is not valid UTF-8, a component over 255 bytes or a
 path over 4096 bytes (Linux limits).
@@ -57,6 +58,12 @@ def map_object_name(name: str) -> MappedName:
             return MappedName(
                 name, None, f"object name has a path component longer than {MAX_COMPONENT_BYTES} bytes"
             )
+    folders = [part for part in kept[:-1] if part.lower().endswith(".csv")]
+    if folders:
+        # Pachyderm's globs match folders too: /**.csv would make "x.csv/" a datum of its own, holding files
+        # that are datums already, and the answering job would fail on the clash of their outputs.
+        kept[:-1] = [part[:-4] + "_csv" if part in folders else part for part in kept[:-1]]
+        changes.append(f"folder name(s) ending in .csv renamed to *_csv: {', '.join(map(repr, folders))}")
     if kept[-1].lower().endswith(".csv") and not kept[-1].endswith(".csv"):
         # The answering pipeline's glob (/**.csv) is case-sensitive, as Pachyderm's globs are: "x.CSV" must be
         # saved as "x.csv" or it would never become a datum.
