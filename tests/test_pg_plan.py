@@ -67,21 +67,21 @@ def test_scan_pairs_answers_and_rejected_by_relative_path(tmp_path, caplog):
         "answers/x.csv",
         "rejected/x.csv",
         "answers/sub/y.csv",
-        "rejected/only.csv",
+        "rejected/sub/y.csv",
         "answers/notes.txt",
         "answers/UP.CSV",  # `qa-answer answer` run by hand keeps the input's extension
+        "rejected/UP.CSV",
     ):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_bytes(rel.encode())
     sources = scan(tmp_path)
-    assert list(sources) == ["UP.CSV", "only.csv", "sub/y.csv", "x.csv"]
+    assert list(sources) == ["UP.CSV", "sub/y.csv", "x.csv"]
     assert [r.getMessage() for r in caplog.records] == [
         f"ignoring {tmp_path}/answers/notes.txt: not a .csv file"
     ]
     assert sources["x.csv"].answers == tmp_path / "answers/x.csv"
-    assert sources["only.csv"].answers is None and sources["sub/y.csv"].rejected is None
+    assert sources["sub/y.csv"].rejected == tmp_path / "rejected/sub/y.csv"
     assert sources["x.csv"].read_digest() == digest(b"answers/x.csv", b"rejected/x.csv")
-    assert sources["only.csv"].read_digest() == digest(None, b"rejected/only.csv")
     assert sources["x.csv"].stamp == (
         (13, (tmp_path / "answers/x.csv").stat().st_mtime_ns),
         (14, sources["x.csv"].stamp[1][1]),
@@ -98,7 +98,23 @@ def test_scan_refuses_a_folder_that_is_not_answering_output(tmp_path):
     with pytest.raises(InputError, match="no such directory"):
         scan(tmp_path / "missing")
     (tmp_path / "answers").mkdir()
-    assert scan(tmp_path) == {}
+    with pytest.raises(InputError, match=r"has answers/ but no rejected/ \(qa-answer writes both\)"):
+        scan(tmp_path)
+    (tmp_path / "rejected").mkdir()
+    assert scan(tmp_path) == {}  # an output of no inputs: the mirror empties, as it should
+
+
+def test_scan_refuses_a_source_missing_one_of_its_two_files(tmp_path):
+    """A lone answers/ file would be loaded as "no rejected rows", deleting the ones loaded before."""
+    for rel in ("answers/a.csv", "rejected/a.csv", "answers/b.csv", "rejected/sub/c.csv"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    with pytest.raises(InputError) as err:
+        scan(tmp_path)
+    assert str(err.value) == (
+        f"{tmp_path}: answers/b.csv, rejected/sub/c.csv without the matching answers/ or rejected/ file "
+        "(qa-answer writes both for every input): incomplete output?"
+    )
 
 
 # --- SQL -----------------------------------------------------------------------------------------------

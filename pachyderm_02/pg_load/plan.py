@@ -78,15 +78,36 @@ def scan(in_dir: Path) -> dict[str, Source]:
     folders = {name: in_dir / name for name in (ANSWERS_DIR, REJECTED_DIR)}
     if not in_dir.is_dir():
         raise InputError(f"{in_dir}: no such directory")
-    if not any(folder.is_dir() for folder in folders.values()):
+    present = [name for name, folder in folders.items() if folder.is_dir()]
+    if not present:
         # Refuse rather than mirror "nothing": a wrong path must not empty the tables.
         raise InputError(
             f"{in_dir}: has neither {ANSWERS_DIR}/ nor {REJECTED_DIR}/ (is it the answering step's output?)"
+        )
+    if len(present) == 1:
+        # Loading half an output would delete the other half's rows from Postgres.
+        missing = REJECTED_DIR if present == [ANSWERS_DIR] else ANSWERS_DIR
+        raise InputError(
+            f"{in_dir}: has {present[0]}/ but no {missing}/ (qa-answer writes both): incomplete output?"
         )
     found: dict[str, dict[str, tuple[Path, tuple[int, int]]]] = {}
     for name, folder in folders.items():
         for path, rel, stamp in _csv_files(folder):
             found.setdefault(rel, {})[name] = (path, stamp)
+    unpaired = [
+        f"{name}/{rel}"
+        for rel in sorted(found)
+        for name in folders
+        if name in found[rel] and len(found[rel]) == 1
+    ]
+    if unpaired:
+        # qa-answer writes both files of a source (a header-only one when there are no rows), so a lone file
+        # means a partial output: loading it would delete the missing file's rows.
+        shown = ", ".join(unpaired[:3]) + (f" and {len(unpaired) - 3} more" if len(unpaired) > 3 else "")
+        raise InputError(
+            f"{in_dir}: {shown} without the matching {ANSWERS_DIR}/ or {REJECTED_DIR}/ file "
+            "(qa-answer writes both for every input): incomplete output?"
+        )
     sources = {}
     for rel in sorted(found):
         answers, rejected = found[rel].get(ANSWERS_DIR), found[rel].get(REJECTED_DIR)
