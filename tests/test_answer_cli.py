@@ -232,6 +232,34 @@ def test_bad_model_gives_the_model_load_error(in_dir, tmp_path, capsys):
     )
 
 
+def test_rerun_into_the_same_folder_drops_the_outputs_of_deleted_or_renamed_inputs(
+    in_dir, tmp_path, tiny_qa_model_dir
+):
+    out = tmp_path / "out"
+    (out / "answers").mkdir(parents=True)
+    (out / "notes.txt").write_text("mine")  # only answers/ and rejected/ CSVs are ours to remove
+    argv = ["answer", str(in_dir), str(out), "--model", str(tiny_qa_model_dir)]
+    assert main(argv) == 0
+    before = set(all_files(out))
+    victim = sorted(p for p in in_dir.rglob("*.csv"))[0]
+    rel = victim.relative_to(in_dir).as_posix()
+    victim.rename(victim.with_name("renamed.csv"))
+    renamed = (victim.parent / "renamed.csv").relative_to(in_dir).as_posix()
+    assert main(argv) == 0
+    after = set(all_files(out))
+    assert after == (before - {f"answers/{rel}", f"rejected/{rel}"}) | {
+        f"answers/{renamed}",
+        f"rejected/{renamed}",
+    }
+    assert "notes.txt" in after
+
+
+def test_output_folder_equal_to_the_input_folder_is_refused(in_dir, capsys):
+    assert main(["answer", str(in_dir), str(in_dir) + "/"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"qa-answer: error: invalid settings: OUT_DIR is IN_DIR ({in_dir})")
+
+
 def test_missing_input_folder(tmp_path, capsys):
     assert main(["answer", str(tmp_path / "nope"), str(tmp_path / "out")]) == 1
     assert capsys.readouterr().err == f"qa-answer: error: IN_DIR '{tmp_path / 'nope'}' is not a folder\n"

@@ -83,12 +83,23 @@ def find_csv_files(in_dir: Path, exclude: Path | None = None) -> list[Path]:
 
 
 def answer_folder(
-    in_dir: Path, out_dir: Path, model: Answerer, chunk_rows: int, progress: bool = False
+    in_dir: Path,
+    out_dir: Path,
+    model: Answerer,
+    chunk_rows: int,
+    progress: bool = False,
+    prune: bool = False,
 ) -> RunSummary:
-    """Answer all CSVs under ``in_dir`` into ``out_dir``; returns the counts for the summary line."""
+    """Answer all CSVs under ``in_dir`` into ``out_dir``; returns the counts for the summary line.
+
+    With ``prune``, outputs in ``out_dir`` whose input is gone are removed first, so re-running into the same
+    folder mirrors ``in_dir`` (a deleted or renamed input must not stay loadable under its old name).
+    """
     started = time.perf_counter()
     summary = RunSummary()
     inputs = find_csv_files(in_dir, exclude=out_dir)
+    if prune:
+        remove_stale_outputs(out_dir, {p.as_posix() for p in inputs})
     bar = _progress_bar(progress)
     try:
         for index, relative in enumerate(inputs, start=1):
@@ -100,6 +111,17 @@ def answer_folder(
             bar.close()
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def remove_stale_outputs(out_dir: Path, inputs: set[str]) -> None:
+    """Delete the ``answers/`` and ``rejected/`` CSVs of ``out_dir`` whose input is not in ``inputs``."""
+    for folder in (out_dir / ANSWERS_DIR, out_dir / REJECTED_DIR):
+        if not folder.is_dir():
+            continue
+        for relative in find_csv_files(folder):
+            if relative.as_posix() not in inputs:
+                (folder / relative).unlink()
+                log.info("removed %s/%s: its input is gone", folder.name, relative.as_posix())
 
 
 def answer_file(

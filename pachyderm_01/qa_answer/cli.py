@@ -148,7 +148,15 @@ def run_answer(flags: Mapping[str, object], env: Mapping[str, str]) -> int:
         if settings.datum_batching:
             existing_dir(settings.in_dir, "IN_DIR")
         with _tqdm_safe_logging(progress):
-            summary = answer_folder(settings.in_dir, settings.out_dir, model, settings.chunk_rows, progress)
+            summary = answer_folder(
+                settings.in_dir,
+                settings.out_dir,
+                model,
+                settings.chunk_rows,
+                progress,
+                # Each batched datum sees only its own files in IN_DIR: nothing else in OUT_DIR is stale.
+                prune=not settings.datum_batching,
+            )
         print(summary.line(), file=sys.stdout, flush=True)
         return _exit_code(settings, summary)
 

@@ -99,9 +99,15 @@ def answer_settings(flags: Mapping[str, object], env: Mapping[str, str]) -> Answ
     pachctl = (env.get(PACHCTL_ENV) or "").strip() or DEFAULT_PACHCTL
     # With datum batching IN_DIR appears only once the worker lays out the first datum: checked per datum.
     in_dir = Path(str(flags["in_dir"])) if datum_batching else existing_dir(flags["in_dir"], "IN_DIR")
+    out_dir = Path(str(flags["out_dir"]))
+    if out_dir.resolve() == in_dir.resolve():
+        raise SettingsError(
+            f"invalid settings: OUT_DIR is IN_DIR ({in_dir}): the next run would read its own answers/ and "
+            "rejected/ files as questions; use another folder"
+        )
     return AnswerSettings(
         in_dir=in_dir,
-        out_dir=Path(str(flags["out_dir"])),
+        out_dir=out_dir,
         qa=qa,
         chunk_rows=chunk_rows,
         fail_on_reject=bool(fail_on_reject),
