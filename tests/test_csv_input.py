@@ -272,3 +272,9 @@ def test_a_field_over_the_size_limit_stops_the_file_there(monkeypatch):
     assert [(r.row_number, r.error) for r in rejected] == [
         (2, "malformed CSV: field larger than field limit (100); the rest of the file was not read")
     ]
+
+
+def test_an_unnamed_column_never_takes_the_name_of_a_named_one():
+    rows, rejected = read_all(b"question,context,,column_3\nWho?,Eve ran.,first,second\n")
+    assert rejected == []
+    assert rows[0].extra == {"_column_3": "first", "column_3": "second"}

@@ -191,17 +191,23 @@ def _read_header(reader: Iterator[list[str]], lines: _RecordingLines) -> _Header
             message += f" (it looks {hint}-separated; only comma-separated files are supported)"
         raise _HeaderError(message, raw)
     special = {*REQUIRED_COLUMNS, ID_COLUMN}
-    extras = tuple(
-        (name or f"column_{index + 1}", index)
-        for index, name in enumerate(names)
-        if name.lower() not in special
-    )
+    taken = {name.lower() for name in names}
+    extras = []
+    for index, name in enumerate(names):
+        if name.lower() in special:
+            continue
+        if not name:  # unnamed: column_<position>, never the name of another column (its value would be lost)
+            name = f"column_{index + 1}"
+            while name.lower() in taken:
+                name = "_" + name
+            taken.add(name.lower())
+        extras.append((name, index))
     return _Header(
         size=len(record),
         question=positions["question"],
         context=positions["context"],
         id=positions.get(ID_COLUMN),
-        extras=extras,
+        extras=tuple(extras),
     )
 
 
