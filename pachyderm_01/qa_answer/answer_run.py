@@ -78,7 +78,13 @@ def find_csv_files(in_dir: Path, exclude: Path | None = None) -> list[Path]:
         for file_name in files:
             path = Path(folder) / file_name
             if is_csv_name(file_name) and path.is_file():
-                found.append(path.relative_to(in_dir))
+                relative = path.relative_to(in_dir)
+                try:
+                    relative.as_posix().encode("utf-8")
+                except UnicodeEncodeError:  # no answers/ path or source_file can hold non-UTF-8 bytes
+                    log.warning("skipping %s: its name is not valid UTF-8; rename the file", ascii(str(path)))
+                    continue
+                found.append(relative)
     return sorted(found, key=lambda p: p.as_posix())
 
 
