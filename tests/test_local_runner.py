@@ -273,3 +273,43 @@ def test_mounted_secret_maps_to_a_local_folder_and_stdin_is_rewritten(pl, tmp_pa
     assert code == 0
     assert "KEYFILE left unset: it points into secret 'app-key'" in err
     assert pl("get-file", "sec:k")[1] == "unset\n"
+
+
+def test_a_file_deleted_then_put_back_is_processed_again_downstream(pl, tmp_path):
+    """Pachyderm skips only the base job's datums: the whole-repo datum of an older state must run again."""
+    src = make_files(tmp_path / "src", {"a.txt": "apple\n", "b.txt": "banana\n"})
+    pl("put-file", "raw", str(src))
+    count = write_spec(
+        tmp_path,
+        "count",
+        {"pfs": {"repo": "raw", "glob": "/"}},
+        "ls /pfs/raw | sort > /pfs/out/names; date +%s%N > /pfs/out/ran",
+    )
+    assert "count: processed=1 skipped=0 failed=0" in pl("run", count)[1]
+    first = pl("get-file", "count:ran")[1]
+    assert pl("delete-file", "raw:b.txt")[0] == 0
+    assert "count: processed=1 skipped=0 failed=0" in pl("run", count)[1]
+    assert pl("get-file", "count:names")[1] == "a.txt\n"
+    assert pl("put-file", "raw:b.txt", str(src / "b.txt"))[0] == 0  # back to the first job's input
+    assert "count: processed=1 skipped=0 failed=0" in pl("run", count)[1]
+    assert pl("get-file", "count:names")[1] == "a.txt\nb.txt\n"
+    assert pl("get-file", "count:ran")[1] != first  # it ran again, as Pachyderm would
+    assert "count: processed=0 skipped=1 failed=0" in pl("run", count)[1]  # unchanged since: skipped
+
+
+def test_after_a_failed_job_only_its_failed_datums_run_again(pl, tmp_path):
+    src = make_files(tmp_path / "src", {"a.txt": "apple\n", "b.txt": "banana\n"})
+    pl("put-file", "raw", str(src))
+    marker = tmp_path / "break-b"
+    marker.write_text("")
+    spec = write_spec(
+        tmp_path,
+        "copy",
+        {"pfs": {"repo": "raw", "glob": "/*"}},
+        f"if [ -e /pfs/raw/b.txt ] && [ -e {marker} ]; then exit 1; fi; cp /pfs/raw/* /pfs/out/",
+        datum_tries=1,
+    )
+    assert "copy: processed=1 skipped=0 failed=1" in pl("run", spec)[1]
+    marker.unlink()
+    assert "copy: processed=1 skipped=1 failed=0" in pl("run", spec)[1]  # a.txt's success is reused
+    assert pl("get-file", "copy:b.txt")[1] == "banana\n"

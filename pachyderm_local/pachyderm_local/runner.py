@@ -115,7 +115,11 @@ class Runner:
                 commits[leaf.repo] = CommitView(head.id, head.shas()) if head else CommitView("", {})
         version = spec_version(spec, effective_spec_env(spec, self.local))
         datums = plan_datums(spec.input, commits)
-        done = set() if spec.reprocess_every_job else store.done_datums(spec.name, version)
+        done = (
+            set()
+            if spec.reprocess_every_job
+            else store.base_job_datums(spec.name, version) & store.done_datums(spec.name, version)
+        )
         todo, skip = split_done(datums, done)
         result.skipped = len(skip)
         record: dict[str, Any] = {

@@ -206,6 +206,26 @@ class Store:
     def datum_dir(self, pipeline: str, version: str) -> Path:
         return self.root / "datums" / pipeline / version
 
+    def base_job_datums(self, pipeline: str, version: str) -> set[str]:
+        """Datums a new job may reuse: those of the pipeline's last successful job (its *base*, as Pachyderm
+        calls it), plus those that succeeded in failed jobs since, so a retry reruns only the failures.
+
+        Pachyderm reuses only the base job's datums: a datum that succeeded in an older job (a file deleted,
+        then put back) runs again, so a pipeline with side effects (pg-load) sees the input come back.
+        Nothing is reused across spec versions.
+        """
+        reusable: set[str] = set()
+        for job in reversed(self.list_jobs()):
+            if job["pipeline"] != pipeline or job.get("state") not in ("success", "failure"):
+                continue
+            if job.get("spec_version") != version:
+                break
+            states = ("success", "skipped") if job["state"] == "success" else ("success",)
+            reusable |= {d["id"] for d in job.get("datums", []) if d.get("state") in states}
+            if job["state"] == "success":
+                break
+        return reusable
+
     def done_datums(self, pipeline: str, version: str) -> set[str]:
         base = self.datum_dir(pipeline, version)
         return {p.stem for p in base.glob("*.json")} if base.is_dir() else set()
