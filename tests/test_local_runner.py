@@ -313,3 +313,23 @@ def test_after_a_failed_job_only_its_failed_datums_run_again(pl, tmp_path):
     marker.unlink()
     assert "copy: processed=1 skipped=1 failed=0" in pl("run", spec)[1]  # a.txt's success is reused
     assert pl("get-file", "copy:b.txt")[1] == "banana\n"
+
+
+def test_a_path_cannot_be_both_a_file_and_a_folder(pl, tmp_path):
+    """Pachyderm refuses such commits; input and output alike are refused with a message, never a crash."""
+    src = make_files(tmp_path / "src", {"q.csv": "x\n"})
+    assert pl("put-file", "raw:team/q.csv", str(src / "q.csv"))[0] == 0
+    code, _, err = pl("put-file", "raw:team", str(src / "q.csv"))
+    assert code == 2 and "'team' would be both a file and the folder of 'team/q.csv'" in err
+    pl("put-file", "raw:other.csv", str(src / "q.csv"))
+    # two datums: one writes the file x, the other the folder x/
+    spec = write_spec(
+        tmp_path,
+        "clash",
+        {"pfs": {"repo": "raw", "glob": "/*"}},
+        "if [ -e /pfs/raw/other.csv ]; then echo a > /pfs/out/x; "
+        "else mkdir /pfs/out/x; echo b > /pfs/out/x/y; fi",
+    )
+    code, _, err = pl("run", spec)
+    assert code == 1 and "clash: job" in err and "failed: output path 'x' was written by 2 datums" in err
+    assert [job["state"] for job in Store(pl.root).list_jobs() if job["pipeline"] == "clash"] == ["failure"]

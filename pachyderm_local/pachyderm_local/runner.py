@@ -141,15 +141,21 @@ class Runner:
             for note in job_env(spec, self.local, PathMap.of({})).notes:
                 self.say(f"{spec.name}: {note}")
         outcomes: list[_DatumOutcome] = []
-        if todo and spec.datum_batching:
-            outcomes = self._run_batched(spec, job_id, todo, version, parallelism)
-        elif todo:
-            counter = iter(range(1, len(todo) + 1))
-            with ThreadPoolExecutor(max_workers=parallelism) as pool:
-                futures = [
-                    pool.submit(self._run_datum, spec, job_id, d, version, counter, len(todo)) for d in todo
-                ]
-                outcomes = [f.result() for f in futures]
+        try:
+            if todo and spec.datum_batching:
+                outcomes = self._run_batched(spec, job_id, todo, version, parallelism)
+            elif todo:
+                counter = iter(range(1, len(todo) + 1))
+                with ThreadPoolExecutor(max_workers=parallelism) as pool:
+                    futures = [
+                        pool.submit(self._run_datum, spec, job_id, d, version, counter, len(todo))
+                        for d in todo
+                    ]
+                    outcomes = [f.result() for f in futures]
+        except Exception as exc:  # a runner fault, not a datum's: the job must not stay "running" forever
+            record.update(state="failure", reason=f"runner error: {exc}", finished=now())
+            store.save_job(record)
+            raise
         result.processed = sum(o.ok for o in outcomes)
         result.failed = sum(not o.ok for o in outcomes)
         if result.failed:

@@ -25,7 +25,7 @@ import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,20 @@ class StoreError(Exception):
 
 def new_id() -> str:
     return uuid.uuid4().hex
+
+
+def file_folder_clashes(paths: Iterable[str]) -> list[str]:
+    """Paths that a commit would hold both as a file and as a folder (``a`` and ``a/b``), described."""
+    files = set(paths)
+    clashes = []
+    for path in sorted(files):
+        parts = path.split("/")
+        for depth in range(1, len(parts)):
+            folder = "/".join(parts[:depth])
+            if folder in files:
+                clashes.append(f"'{folder}' would be both a file and the folder of '{path}'")
+                break
+    return clashes
 
 
 def now() -> str:
@@ -165,6 +179,9 @@ class Store:
         self, repo: str, files: dict[str, dict[str, Any]], origin: str, commit_id: str | None = None
     ) -> Commit:
         """Record a full snapshot as the new head of ``repo``."""
+        clashes = file_folder_clashes(files)
+        if clashes:
+            raise StoreError(f"{repo}: {clashes[0]}; Pachyderm refuses such a commit")
         self.create_repo(repo, exist_ok=True)
         parent = self.head(repo)
         commit = Commit(repo, commit_id or new_id(), parent.id if parent else None, now(), origin, files)
