@@ -218,3 +218,27 @@ def test_env_precedence_spec_then_files_then_flags_and_secrets():
     plan = job_env(spec, mapped, PathMap.of({"/var/secrets/gcs": "/keys"}))
     assert plan.env["GOOGLE_APPLICATION_CREDENTIALS"] == "/keys/k"
     assert any("PG_HOST not found" in n for n in plan.notes)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("600s", 600.0),
+        ("1h", 3600.0),
+        ("1h30m", 5400.0),
+        ("1.5h", 5400.0),
+        ("250ms", 0.25),
+        ("2m3.5s", 123.5),
+    ],
+)
+def test_datum_timeout_reads_go_durations(text, seconds):
+    from pachyderm_local.spec import duration_seconds
+
+    assert duration_seconds(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "10", "1d", "s", "1h 30m", "-5s", "1hh"])
+def test_datum_timeout_refuses_what_go_would(text):
+    from pachyderm_local.spec import duration_seconds
+
+    assert duration_seconds(text) is None

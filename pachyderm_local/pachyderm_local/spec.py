@@ -77,7 +77,17 @@ class PipelineSpec:
 
 
 _REPO_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)s$")
+#: a Go duration (protobuf Duration in a spec is written like Go's time.ParseDuration input): "600s", "1h30m"
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def duration_seconds(text: str) -> float | None:
+    """Seconds in a Go-style duration (``600s``, ``1h30m``, ``1.5h``, ``250ms``); None if it is not one."""
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return None
+    return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
 
 
 def load_spec(path: str | Path) -> PipelineSpec:
@@ -118,10 +128,9 @@ def parse_spec(raw: dict[str, Any], source: str = "<spec>") -> PipelineSpec:
     timeout = raw.get("datum_timeout")
     timeout_s = None
     if timeout:
-        match = _DURATION.match(str(timeout))
-        if not match:
-            raise fail(f"datum_timeout must be a duration like '600s', got {timeout!r}")
-        timeout_s = float(match.group(1))
+        timeout_s = duration_seconds(str(timeout))
+        if timeout_s is None:
+            raise fail(f"datum_timeout must be a duration like '600s' or '1h30m', got {timeout!r}")
     tries = int(raw.get("datum_tries") or 3)
     if tries < 1:
         raise fail("datum_tries must be at least 1")
