@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create the Kubernetes secret `gcs-credentials` (key `key.json`) that the gcs-ingest pipeline mounts at
 # /var/secrets/gcs. The service-account key file named by GOOGLE_APPLICATION_CREDENTIALS is base64-encoded in
-# memory into secrets/secret_template.json and piped to `pachctl create secret -f -`; nothing is written to disk.
+# memory into secrets/secret_template.json and piped to `pachctl create secret -f /dev/stdin`; nothing is written to disk.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create the Kubernetes secret `pg-credentials` that the pg-load pipeline exposes as environment variables.
 # Connection settings come from PG_* variables; the three certificate variables name PEM files whose CONTENT is
-# stored. Everything is base64-encoded in memory and piped to `pachctl create secret -f -`; nothing touches disk.
+# stored. Everything is base64-encoded in memory and piped to `pachctl create secret -f /dev/stdin`; nothing touches disk.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)

@@ -71,12 +71,13 @@ fill_template() {
     printf '%s\n' "$text"
 }
 
-# emit_secret JSON: pipe to `pachctl create secret -f -`, or print it with --dry-run.
+# emit_secret JSON: pipe to `pachctl create secret -f /dev/stdin` (some pachctl 2.x releases read -f with a
+# plain file read, so `-f -` would mean a file named '-'), or print it with --dry-run.
 emit_secret() {
     if ((DRY_RUN)); then
         printf '%s\n' "$1"
         return
     fi
     command -v pachctl >/dev/null 2>&1 || die "pachctl is not on PATH (install it, or use --dry-run to print the secret)"
-    printf '%s\n' "$1" | pachctl create secret -f - || die "pachctl create secret failed"
+    printf '%s\n' "$1" | pachctl create secret -f /dev/stdin || die "pachctl create secret failed"
 }

@@ -23,7 +23,9 @@ SHELLCHECK = ROOT / ".venv" / "bin" / "shellcheck"
 PASSWORD = "pa$$ w0rd&'\"\\/é;`x`"  # shell metacharacters, quotes, `&` (bash 5.2 patsub) and unicode
 FAKE_PACHCTL = """#!/bin/sh
 printf '%s\\n' "$@" > "$RECORD_DIR/argv"
-cat > "$RECORD_DIR/stdin"
+# like pachctl 2.x's create secret: -f names a file, read as a file ('-' is not stdin there)
+if [ "$4" = "-" ]; then echo "open -: no such file or directory" >&2; exit 1; fi
+cat "$4" > "$RECORD_DIR/stdin"
 exit "${PACHCTL_EXIT:-0}"
 """
 
@@ -112,7 +114,7 @@ def test_gcs_secret_is_piped_to_pachctl_with_the_key_file_content(sandbox):
     env = {**sb["env"], "GOOGLE_APPLICATION_CREDENTIALS": str(sb["files"]["key"])}
     result = _run(GCS_SCRIPT, env, sb)
     assert result.returncode == 0, result.stderr
-    assert (sb["record"] / "argv").read_text().splitlines() == ["create", "secret", "-f", "-"]
+    assert (sb["record"] / "argv").read_text().splitlines() == ["create", "secret", "-f", "/dev/stdin"]
     secret = json.loads((sb["record"] / "stdin").read_text())
     _assert_valid_secret(secret, "gcs-credentials")
     assert _decoded(secret) == {"key.json": sb["files"]["key"].read_bytes()}
@@ -160,7 +162,7 @@ def test_db_secret_holds_values_and_certificate_contents(sandbox):
     sb = sandbox
     result = _run(DB_SCRIPT, _db_env(sb), sb)
     assert result.returncode == 0, result.stderr
-    assert (sb["record"] / "argv").read_text().splitlines() == ["create", "secret", "-f", "-"]
+    assert (sb["record"] / "argv").read_text().splitlines() == ["create", "secret", "-f", "/dev/stdin"]
     secret = json.loads((sb["record"] / "stdin").read_text())
     _assert_valid_secret(secret, "pg-credentials")
     f = sb["files"]
