@@ -2,8 +2,11 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# torch is pinned to the CPU wheel so a resolver never pulls a multi-GB CUDA build.
+# torch is pinned and installed alone, first, so a resolver never swaps in another build. Plain PyPI serves the
+# CUDA build on Linux (GBs): with internet, `make TORCH_INDEX=https://download.pytorch.org/whl/cpu venv` gets
+# the CPU wheel. Left empty it uses pip's configured sources (here: a local CPU wheel via PIP_FIND_LINKS).
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
 
 .PHONY: venv test lint demo tiny-model clean
 venv: $(VENV)/.installed
@@ -11,7 +14,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q $(if $(TORCH_INDEX),--index-url "$(TORCH_INDEX)") "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[answer,load,local,dev]"
 	touch $@
 
