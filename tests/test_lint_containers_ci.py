@@ -92,7 +92,7 @@ def test_images_are_slim_layered_and_run_as_a_user(image):
     assert re.fullmatch(r"python:3\.\d+-slim(-\w+)?", _args(dockerfile)["PYTHON_IMAGE"])
     build, runtime = _stages(dockerfile)
     # dependencies from pyproject.toml alone, then the code, so a code edit reuses the dependency layer
-    deps = _index(build, "COPY", "pyproject.toml /tmp/deps/")
+    deps = _index(build, "COPY", "pyproject.toml README.md /tmp/deps/")
     install = _index(build, "RUN", f'pip install "/tmp/deps[{image}]"')
     code = _index(build, "COPY", "pachyderm_01/qa_answer")
     assert deps < install < code < _index(build, "RUN", "pip install --no-deps /src")
