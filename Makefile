@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 
-.PHONY: venv test lint demo tiny-model clean
+.PHONY: venv test lint demo tiny-model clean constraints
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -34,3 +34,10 @@ tiny-model: venv
 
 clean:
 	rm -rf .pachyderm-local .demo
+
+# Re-pin docker/constraints.txt (what the images install) to the versions in .venv, after an intended upgrade
+# that the test suite has passed with.
+constraints: venv
+	{ sed -n '1,2p' docker/constraints.txt; $(PY) -m pip freeze --exclude-editable \
+	  | grep -viE '^(torch|nvidia-|triton|pachyderm-qa)' | LC_ALL=C sort -f; } > docker/constraints.txt.new
+	mv docker/constraints.txt.new docker/constraints.txt

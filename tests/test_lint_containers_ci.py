@@ -92,8 +92,8 @@ def test_images_are_slim_layered_and_run_as_a_user(image):
     assert re.fullmatch(r"python:3\.\d+-slim(-\w+)?", _args(dockerfile)["PYTHON_IMAGE"])
     build, runtime = _stages(dockerfile)
     # dependencies from pyproject.toml alone, then the code, so a code edit reuses the dependency layer
-    deps = _index(build, "COPY", "pyproject.toml README.md /tmp/deps/")
-    install = _index(build, "RUN", f'pip install "/tmp/deps[{image}]"')
+    deps = _index(build, "COPY", "pyproject.toml README.md docker/constraints.txt /tmp/deps/")
+    install = _index(build, "RUN", f'pip install -c /tmp/deps/constraints.txt "/tmp/deps[{image}]"')
     code = _index(build, "COPY", "pachyderm_01/qa_answer")
     assert deps < install < code < _index(build, "RUN", "pip install --no-deps /src")
     assert all("pyproject.toml" not in a or "/tmp/deps" in a or "/src" in a for k, a in build if k == "COPY")
@@ -112,7 +112,7 @@ def test_image1_has_cpu_torch_and_the_pinned_model_offline():
     assert args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
     build, runtime = _stages(dockerfile)
     torch = _index(build, "RUN", 'pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"')
-    assert torch < _index(build, "RUN", 'pip install "/tmp/deps[answer]"')
+    assert torch < _index(build, "RUN", 'pip install -c /tmp/deps/constraints.txt "/tmp/deps[answer]"')
     # the model: a full commit that transformers 5.2 itself names as the QA default, baked before the code
     # (read from transformers' source: importing transformers.pipelines costs seconds)
     pipelines = Path(importlib.util.find_spec("transformers").submodule_search_locations[0]) / "pipelines"
@@ -365,3 +365,18 @@ def test_workflow_deploys_only_when_pachd_address_is_set():
     assert '--tag "$GITHUB_SHA"' in run["run"]
     assert '--answer-image "$QA_ANSWER_IMAGE" --load-image "$PG_LOAD_IMAGE"' in run["run"]
     assert "python-pachyderm==7.6.0" in _runs(deploy)
+
+
+def test_constraints_pin_what_the_images_install_and_no_torch():
+    """docker/constraints.txt: exact pins (name==version) for every runtime dependency, torch pinned apart."""
+    lines = [
+        line
+        for line in (ROOT / "docker/constraints.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    pins = dict(line.split("==", 1) for line in lines)
+    assert all(re.fullmatch(r"[A-Za-z0-9_.\-]+", name) and version for name, version in pins.items()), lines
+    names = {name.lower().replace("_", "-") for name in pins}
+    for needed in ("transformers", "tokenizers", "numpy", "google-cloud-storage", "tqdm", "psycopg2-binary"):
+        assert needed in names
+    assert not names & {"torch", "pachyderm-qa"}
