@@ -392,3 +392,16 @@ def test_a_file_name_that_is_not_utf8_is_skipped_with_a_reason(tmp_path, tiny_qa
     summary = answer_folder(in_dir, tmp_path / "out", tiny_qa_model, chunk_rows=8)
     assert (summary.files, summary.answered) == (1, 1)
     assert any("its name is not valid UTF-8" in r.getMessage() for r in caplog.records)
+
+
+def test_rejected_rows_are_written_in_input_order(tmp_path, tiny_qa_model):
+    """Row 1 is refused by the model (question longer than the window), row 2 by the CSV reader."""
+    in_dir = tmp_path / "in"
+    in_dir.mkdir()
+    long_question = "What " * 600 + "?"
+    (in_dir / "r.csv").write_text(f"question,context\n{long_question},Paris.\nWho?,\nWho?,Paris\n")
+    summary = answer_folder(in_dir, tmp_path / "out", tiny_qa_model, chunk_rows=8)
+    answers, rejected = read_outputs(tmp_path / "out", "r.csv")
+    assert [r.row_number for r in rejected] == [1, 2]
+    assert rejected[0].error.startswith("question too long") and rejected[1].error == "empty context"
+    assert [a.row_number for a in answers] == [3] and (summary.answered, summary.rejected) == (1, 2)

@@ -113,6 +113,10 @@ def test_cuda_requested_without_cuda(monkeypatch, tiny_qa_model_dir):
             "doc_stride must be an integer >= 0 and < max_seq_len/2 = 192 (max_seq_len=384), got -1",
         ),
         (dict(device="gpu"), "device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
+        # what torch.device would refuse with a traceback: a leading zero, a huge index, a non-ASCII digit
+        (dict(device="cuda:01"), "device must be auto, cpu, cuda or cuda:N, got 'cuda:01'"),
+        (dict(device="cuda:" + "9" * 20), f"device must be auto, cpu, cuda or cuda:N, got 'cuda:{'9' * 20}'"),
+        (dict(device="cuda:\u0661"), "device must be auto, cpu, cuda or cuda:N, got 'cuda:\u0661'"),
         (dict(precision="fp16"), "precision must be one of fp32, bf16, got 'fp16'"),
     ],
 )

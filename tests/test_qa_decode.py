@@ -90,7 +90,13 @@ def test_cls_takes_part_in_the_softmax_but_never_answers():
 
 @pytest.mark.parametrize(
     ("max_answer_len", "expected"),
-    [(15, "Warsaw in 1867"), (3, "Warsaw in 1867"), (2, "Warsaw in"), (1, "Warsaw")],
+    [
+        (15, "Warsaw in 1867"),
+        (3, "Warsaw in 1867"),
+        (2, "Warsaw in"),
+        (1, "Warsaw"),
+        (10**20, "Warsaw in 1867"),
+    ],
 )
 def test_max_answer_len_limits_span_tokens(max_answer_len, expected):
     window = make_window({10: 6.0}, {12: 6.0, 11: 3.0, 10: 2.0})

@@ -149,12 +149,13 @@ def answer_file(
         (in_dir / relative).open("rb") as stream,
     ):
         for chunk in read_question_chunks(stream, chunk_rows):
+            # A chunk's rejections (CSV-level, then the model's) are written together, in input order.
+            chunk_rejects = [RejectedRow(source_file, r.row_number, r.error, r.raw) for r in chunk.rejected]
             for rejection in chunk.rejected:
                 if rejection.row_number == FILE_LEVEL_ROW:
                     file_error = rejection.error
                 else:
                     rejected += 1
-                rejects.write(RejectedRow(source_file, rejection.row_number, rejection.error, rejection.raw))
             if chunk.rows:
                 results = model.answer([r.question for r in chunk.rows], [r.context for r in chunk.rows])
                 if len(results) != len(chunk.rows):
@@ -164,7 +165,7 @@ def answer_file(
                 for row, result in zip(chunk.rows, results, strict=True):
                     if isinstance(result, RowFailure):
                         raw = escape_raw(row.raw)
-                        rejects.write(RejectedRow(source_file, row.row_number, result.reason, raw))
+                        chunk_rejects.append(RejectedRow(source_file, row.row_number, result.reason, raw))
                         rejected += 1
                         continue
                     answers.write(
@@ -183,6 +184,8 @@ def answer_file(
                         )
                     )
                     answered += 1
+            for rejected_row in sorted(chunk_rejects, key=lambda r: r.row_number):
+                rejects.write(rejected_row)
             if bar is not None:
                 bar.update(len(chunk))
     summary.files += 1

@@ -55,7 +55,9 @@ def top_spans(
     start[0, 0] = end[0, 0] = 0.0
 
     outer = np.matmul(np.expand_dims(start, -1), np.expand_dims(end, 1))
-    candidates = np.tril(np.triu(outer), max_answer_len - 1)  # end >= start, at most max_answer_len tokens
+    # end >= start, at most max_answer_len tokens; a limit past the window changes nothing (and a huge one
+    # would overflow numpy's C long), so it is capped at the window's length.
+    candidates = np.tril(np.triu(outer), min(max_answer_len, outer.shape[-1]) - 1)
     scores_flat = candidates.flatten()
     if top_k == 1:
         idx_sort = np.array([np.argmax(scores_flat)])

@@ -13,7 +13,8 @@ DEFAULT_MODEL = "distilbert/distilbert-base-cased-distilled-squad"
 PRECISIONS = ("fp32", "bf16")
 #: Smallest window that leaves room for [CLS] q [SEP] c [SEP] plus a few tokens of question and context.
 MIN_SEQ_LEN = 16
-_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+#: ASCII digits, no leading zero, at most 4 digits: what torch.device itself parses (it refuses 'cuda:01').
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:(0|[1-9][0-9]{0,3}))?)$", re.ASCII)
 
 
 @dataclass(frozen=True)
