@@ -150,12 +150,15 @@ def answer_file(
     ):
         for chunk in read_question_chunks(stream, chunk_rows):
             # A chunk's rejections (CSV-level, then the model's) are written together, in input order.
-            chunk_rejects = [RejectedRow(source_file, r.row_number, r.error, r.raw) for r in chunk.rejected]
+            chunk_rejects = []
             for rejection in chunk.rejected:
                 if rejection.row_number == FILE_LEVEL_ROW:
                     file_error = rejection.error
                 else:
                     rejected += 1
+                chunk_rejects.append(
+                    RejectedRow(source_file, rejection.row_number, rejection.error, rejection.raw)
+                )
             if chunk.rows:
                 results = model.answer([r.question for r in chunk.rows], [r.context for r in chunk.rows])
                 if len(results) != len(chunk.rows):

@@ -37,9 +37,16 @@ class Source:
     def unchanged_since_scan(self) -> bool:
         return (file_stamp(self.answers), file_stamp(self.rejected)) == self.stamp
 
+    def read_files(self) -> tuple[bytes | None, bytes | None]:
+        """Both files' bytes (None where absent)."""
+        return (
+            self.answers.read_bytes() if self.answers else None,
+            self.rejected.read_bytes() if self.rejected else None,
+        )
+
     def read_digest(self) -> str:
         """The source's sha256 (see :func:`digest`), reading both files."""
-        return digest(*(path.read_bytes() if path else None for _, path in self.files()))
+        return digest(*self.read_files())
 
 
 @dataclass(frozen=True)

@@ -116,14 +116,17 @@ class LoadSettings:
         read_ahead_mb: int | None = None,
     ) -> LoadSettings:
         in_path = Path(in_dir)
-        attempts = max_attempts if max_attempts is not None else _int_env(env, "PG_LOAD_MAX_ATTEMPTS")
-        attempts = DEFAULT_MAX_ATTEMPTS if attempts is None else attempts
-        if attempts < 1:
-            raise SettingsError(f"max attempts must be >= 1, got {attempts}")
-        ahead = read_ahead_mb if read_ahead_mb is not None else _int_env(env, "PG_LOAD_READ_AHEAD_MB")
-        ahead = DEFAULT_READ_AHEAD_MB if ahead is None else ahead
-        if ahead < 0:
-            raise SettingsError(f"read-ahead must be >= 0 MiB, got {ahead}")
+        attempts = _int_setting(
+            max_attempts, env, "PG_LOAD_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS, 1, "max attempts must be >= 1"
+        )
+        ahead = _int_setting(
+            read_ahead_mb,
+            env,
+            "PG_LOAD_READ_AHEAD_MB",
+            DEFAULT_READ_AHEAD_MB,
+            0,
+            "read-ahead must be >= 0 MiB",
+        )
         return cls(
             in_dir=in_path,
             connection=ConnectionSettings.from_env(env),
@@ -167,6 +170,17 @@ def _port(value: str) -> int:
     if not 0 < port < 65536:
         raise SettingsError(f"PG_PORT out of range: {port}")
     return port
+
+
+def _int_setting(
+    flag: int | None, env: Mapping[str, str], name: str, default: int, minimum: int, rule: str
+) -> int:
+    """The flag, else the environment variable ``name``, else ``default``; SettingsError below ``minimum``."""
+    value = flag if flag is not None else _int_env(env, name)
+    value = default if value is None else value
+    if value < minimum:
+        raise SettingsError(f"{rule}, got {value}")
+    return value
 
 
 def _int_env(env: Mapping[str, str], name: str) -> int | None:

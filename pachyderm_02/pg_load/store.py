@@ -382,10 +382,7 @@ class _Ahead:
 
 
 def _read_source(source: Source) -> _Ahead:
-    data = (
-        source.answers.read_bytes() if source.answers else None,
-        source.rejected.read_bytes() if source.rejected else None,
-    )
+    data = source.read_files()
     return _Ahead(data, digest(*data))
 
 
