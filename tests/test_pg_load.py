@@ -352,7 +352,7 @@ def test_unreachable_database_is_retried_then_reported(tmp_path, tree):
         run(LoadSettings.from_args(tree, env, max_attempts=3), sleep=sleeps.append)
     assert len(sleeps) == 2 and sleeps[1] > sleeps[0] * 0.5
     assert str(err.value).startswith(
-        f"u@{tmp_path}:1/x (sslmode=disable): giving up after 3 attempts: connection"
+        f"u@{tmp_path}:1/x (sslmode=disable): giving up after 3 attempts in 0s: connection"
     )
     with pytest.raises(psycopg2.OperationalError):
         psycopg2.connect(host=str(tmp_path), port=1, dbname="x")

@@ -2,26 +2,43 @@
 
 Settings are read once here (flags win over environment); everything below receives them as arguments.
 Exit 0 with a one-line summary on stdout, or exit 1 with one JSON line on stderr that never holds a secret.
+SIGTERM (how Kubernetes stops a pod), SIGINT and SIGHUP end it the same way, with exit status 128 + the signal
+number, after every ``finally`` has run: an unfinished transaction is rolled back by the server, and no
+certificate file is left behind.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
+import signal
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
-from .certs import connect_params, secret_values
+from .certs import check_certificates, connect_params, env_secret_values, secret_values
 from .plan import InputError, scan
-from .settings import LoadSettings, SettingsError, redact
+from .settings import ConnectionSettings, LoadSettings, SettingsError, redact
 from .store import LoadError, LoadResult, PostgresAnswerStore, Provenance, RetryPolicy, StepHook
 from .validate import RowError
 
 log = logging.getLogger("pg_load")
+
+#: signals that stop a load cleanly (exit status 128 + the number, as a shell reports a process they killed)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+class Stopped(BaseException):
+    """A stop signal arrived. A BaseException, so no ``except Exception`` on the way up can swallow it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
 
 
 @dataclass(frozen=True)
@@ -45,16 +62,24 @@ def run(settings: LoadSettings, *, on_step: StepHook | None = None, sleep=time.s
     import psycopg2
 
     start = time.perf_counter()
+    check_certificates(settings.connection)
     sources = scan(settings.in_dir)
-    with connect_params(settings.connection) as params:
-        store = PostgresAnswerStore(
-            lambda: psycopg2.connect(**params),
-            target=settings.connection.describe(),
-            retry=RetryPolicy(max_attempts=settings.max_attempts, sleep=sleep),
-            on_step=on_step,
-            read_ahead_bytes=settings.read_ahead_mb << 20,
-        )
-        result = store.sync(sources, Provenance(settings.pach_job_id, settings.input_commit))
+
+    def connect(connection: ConnectionSettings = settings.connection):
+        # Certificate files exist only while libpq opens the connection: it reads them in the handshake.
+        with connect_params(connection) as params:
+            return psycopg2.connect(**params)
+
+    store = PostgresAnswerStore(
+        connect,
+        target=settings.connection.describe(),
+        retry=RetryPolicy(
+            max_seconds=settings.retry_seconds, max_attempts=settings.max_attempts, sleep=sleep
+        ),
+        on_step=on_step,
+        read_ahead_bytes=settings.read_ahead_mb << 20,
+    )
+    result = store.sync(sources, Provenance(settings.pach_job_id, settings.input_commit))
     return Summary(result, time.perf_counter() - start)
 
 
@@ -66,7 +91,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("in_dir", metavar="IN_DIR", help="the answering output, e.g. /pfs/qa-answer")
     parser.add_argument(
-        "--max-attempts", type=int, help="tries on transient connection errors (env PG_LOAD_MAX_ATTEMPTS, 5)"
+        "--retry-seconds",
+        type=int,
+        help="seconds to keep retrying a lost or unreachable database; 0 tries once "
+        "(env PG_LOAD_RETRY_SECONDS, 120)",
+    )
+    parser.add_argument(
+        "--max-attempts",
+        type=int,
+        help="also cap the tries at this number (env PG_LOAD_MAX_ATTEMPTS; no cap by default)",
     )
     parser.add_argument(
         "--read-ahead-mb",
@@ -88,31 +121,92 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         format="%(levelname)s %(message)s",
         stream=sys.stderr,
     )
-    secrets: tuple[str, ...] = tuple(v for v in (env.get("PG_PASSWORD"),) if v)
+    secrets = env_secret_values(env)
+    redacting = _Redacting(secrets)
+    root = logging.getLogger()
+    for handler in root.handlers:
+        handler.addFilter(redacting)
     try:
-        settings = LoadSettings.from_args(
-            args.in_dir,
-            env,
-            max_attempts=args.max_attempts,
-            read_ahead_mb=args.read_ahead_mb,
-            pach_job_id=args.job_id,
-            input_commit=args.input_commit,
-        )
-        secrets += secret_values(settings.connection)
-        log.info("loading %s into %s", settings.in_dir, settings.connection.describe())
-        summary = run(settings)
-    except (SettingsError, InputError, RowError, LoadError, OSError) as exc:
+        with _stop_signals_raise():
+            settings = LoadSettings.from_args(
+                args.in_dir,
+                env,
+                max_attempts=args.max_attempts,
+                retry_seconds=args.retry_seconds,
+                read_ahead_mb=args.read_ahead_mb,
+                pach_job_id=args.job_id,
+                input_commit=args.input_commit,
+            )
+            secrets += secret_values(settings.connection)
+            redacting.secrets = secrets
+            log.info("loading %s into %s", settings.in_dir, settings.connection.describe())
+            summary = run(settings)
+    except Stopped as stop:
+        name = signal.Signals(stop.signum).name
+        _fail(f"stopped by {name}; an unfinished load changes nothing", "Stopped", secrets)
+        return 128 + stop.signum
+    except OSError as exc:
+        return _fail(_os_error(exc), type(exc).__name__, secrets)
+    except (SettingsError, InputError, RowError, LoadError) as exc:
         return _fail(str(exc), type(exc).__name__, secrets)
     except Exception as exc:  # one clean line, still redacted, for anything unexpected
         return _fail(f"unexpected error: {exc}", type(exc).__name__, secrets)
+    finally:
+        for handler in root.handlers:
+            handler.removeFilter(redacting)
     print(summary.line(), flush=True)
     return 0
+
+
+def _os_error(exc: OSError) -> str:
+    """One line for an operating-system error; a full disk says so first."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no space left on device: {exc}; nothing was changed: free space and run pg-load again"
+    return str(exc)
 
 
 def _fail(message: str, kind: str, secrets: tuple[str, ...]) -> int:
     record = {"severity": "ERROR", "error": kind, "message": redact(message, secrets)}
     print(json.dumps(record, ensure_ascii=False), file=sys.stderr, flush=True)
     return 1
+
+
+class _Redacting(logging.Filter):
+    """Scrubs secrets from every log record, whatever a library puts in it."""
+
+    def __init__(self, secrets: tuple[str, ...]):
+        super().__init__()
+        self.secrets = secrets
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = redact(record.getMessage(), self.secrets), None
+        return True
+
+
+@contextmanager
+def _stop_signals_raise() -> Iterator[None]:
+    """Turn SIGTERM/SIGINT/SIGHUP into :class:`Stopped` (once; later ones are ignored while cleaning up).
+
+    Python runs the handler between bytecodes of the main thread; during a libpq call (connecting, running a
+    statement) it runs when the call returns. connect_timeout bounds that while connecting, the only time key
+    files exist.
+    """
+
+    def stop(signum: int, frame: object) -> None:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        raise Stopped(signum)
+
+    try:
+        previous = {sig: signal.signal(sig, stop) for sig in STOP_SIGNALS}
+    except ValueError:  # not the main thread (an embedding program): it keeps its own signal handling
+        yield
+        return
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,11 @@ from pathlib import Path
 
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 DEFAULT_SSLMODE = "verify-full"
-DEFAULT_MAX_ATTEMPTS = 5
+#: seconds a load keeps retrying transient failures (a Cloud SQL failover or restart takes up to a minute)
+DEFAULT_RETRY_SECONDS = 120
+#: seconds libpq waits for one connection attempt unless DATABASE_URL sets connect_timeout; without it, a host
+#: that drops packets during a failover would hold one attempt for the system's TCP timeout (minutes)
+DEFAULT_CONNECT_TIMEOUT = 10
 #: MiB of input read and hashed ahead while connecting (pg_load.store.READ_AHEAD_BYTES explains why)
 DEFAULT_READ_AHEAD_MB = 64
 
@@ -55,25 +59,31 @@ class ConnectionSettings:
     def from_env(cls, env: Mapping[str, str]) -> ConnectionSettings:
         """``DATABASE_URL`` (URI or key=value) first, then each non-empty ``PG_*`` variable overrides it."""
         params: dict[str, str] = {}
+        origin: dict[str, str] = {}  # libpq keyword -> the variable it came from, for messages
         url = env.get("DATABASE_URL", "").strip()
         if url:
             params.update(_parse_dsn(url))
+            origin.update(dict.fromkeys(params, "DATABASE_URL"))
         for var, key in PG_ENV.items():
             value = env.get(var)
             if value is not None and value.strip() != "":
                 params[key] = value if key == "password" else value.strip()
+                origin[key] = var
         if "host" not in params and "hostaddr" not in params:
             raise SettingsError(
                 "no database configured: set PG_HOST (with PG_DBNAME, PG_USER, ...) or DATABASE_URL"
             )
         sslmode = params.pop("sslmode", DEFAULT_SSLMODE)
         if sslmode not in SSL_MODES:
+            if origin.get("sslmode") == "DATABASE_URL":  # never echo a part of the URL: it holds the password
+                raise SettingsError(f"DATABASE_URL: sslmode is not one of {', '.join(SSL_MODES)}")
             raise SettingsError(f"PG_SSLMODE={sslmode!r} is not one of {', '.join(SSL_MODES)}")
         port = params.pop("port", None)
+        params.setdefault("connect_timeout", str(DEFAULT_CONNECT_TIMEOUT))
         known = {"host", "dbname", "user", "password", "sslrootcert", "sslcert", "sslkey"}
         return cls(
             host=params.get("host"),
-            port=_port(port) if port is not None else None,
+            port=_port(port, origin.get("port", "PG_PORT")) if port is not None else None,
             dbname=params.get("dbname"),
             user=params.get("user"),
             password=params.get("password"),
@@ -99,7 +109,10 @@ class LoadSettings:
 
     in_dir: Path
     connection: ConnectionSettings
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    #: seconds to keep retrying transient failures; 0 tries once
+    retry_seconds: int = DEFAULT_RETRY_SECONDS
+    #: an additional cap on the number of tries (None: the retry time alone bounds them)
+    max_attempts: int | None = None
     pach_job_id: str | None = None
     input_commit: str | None = None
     read_ahead_mb: int = DEFAULT_READ_AHEAD_MB
@@ -111,13 +124,22 @@ class LoadSettings:
         env: Mapping[str, str],
         *,
         max_attempts: int | None = None,
+        retry_seconds: int | None = None,
         pach_job_id: str | None = None,
         input_commit: str | None = None,
         read_ahead_mb: int | None = None,
     ) -> LoadSettings:
         in_path = Path(in_dir)
-        attempts = _int_setting(
-            max_attempts, env, "PG_LOAD_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS, 1, "max attempts must be >= 1"
+        attempts = max_attempts if max_attempts is not None else _int_env(env, "PG_LOAD_MAX_ATTEMPTS")
+        if attempts is not None and attempts < 1:
+            raise SettingsError(f"max attempts must be >= 1, got {attempts}")
+        retry = _int_setting(
+            retry_seconds,
+            env,
+            "PG_LOAD_RETRY_SECONDS",
+            DEFAULT_RETRY_SECONDS,
+            0,
+            "retry seconds must be >= 0",
         )
         ahead = _int_setting(
             read_ahead_mb,
@@ -130,6 +152,7 @@ class LoadSettings:
         return cls(
             in_dir=in_path,
             connection=ConnectionSettings.from_env(env),
+            retry_seconds=retry,
             max_attempts=attempts,
             pach_job_id=pach_job_id or env.get("PACH_JOB_ID") or None,
             input_commit=input_commit or pachyderm_input_commit(in_path, env),
@@ -162,13 +185,23 @@ def _parse_dsn(url: str) -> dict[str, str]:
         ) from None
 
 
-def _port(value: str) -> int:
+def _port(value: str, var: str) -> int:
+    """The port as a number; ``var`` names where it came from (a DATABASE_URL part is never echoed)."""
     try:
         port = int(value)
     except ValueError:
-        raise SettingsError(f"PG_PORT must be a number, got {value!r}") from None
+        port = None
+    if var == "DATABASE_URL":
+        if port is None or not 0 < port < 65536:
+            raise SettingsError(
+                "DATABASE_URL: the port is not a number from 1 to 65535 (one host and port are supported; "
+                "the URL is not shown: it holds the password)"
+            )
+        return port
+    if port is None:
+        raise SettingsError(f"{var} must be a number, got {value!r}")
     if not 0 < port < 65536:
-        raise SettingsError(f"PG_PORT out of range: {port}")
+        raise SettingsError(f"{var} out of range: {port}")
     return port
 
 

@@ -3,8 +3,8 @@
 Inside a single transaction: take a transaction-level advisory lock (so concurrent loaders queue up), apply
 migrations, read qa_sources, plan, COPY new sources straight into the tables and changed ones into temporary
 tables, then delete/upsert. A crash or a dropped connection at any point leaves the previous state; transient
-connection failures retry the whole transaction with backoff, a bounded number of times. Anything else fails
-fast, naming the file, record and column.
+failures (a restart, a failover, a lost connection) retry the whole transaction with backoff, for a bounded
+time. Anything else fails fast, naming the file, record and column, or the server's problem (a full disk).
 """
 
 from __future__ import annotations
@@ -41,6 +41,9 @@ PARALLEL_KEY_BYTES = 256 << 20
 
 #: SQLSTATEs worth retrying besides class 08 (connection exception): shutdowns, crash recovery, serialization.
 TRANSIENT_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "40001", "40P01", "53300"})
+#: SQLSTATE classes that are the server's trouble, never a row's: insufficient resources (53100 disk full),
+#: operator intervention, system error (58030 I/O error), internal error, connection exception.
+SERVER_SQLSTATE_CLASSES = ("53", "57", "58", "XX", "08")
 #: libpq messages (no SQLSTATE) that retrying cannot fix.
 PERMANENT_MESSAGES = (
     "authentication failed",
@@ -72,10 +75,14 @@ class Provenance:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    max_attempts: int = 5
+    """Retry transient failures for ``max_seconds`` (and at most ``max_attempts`` tries, if set)."""
+
+    max_seconds: float = 120.0
+    max_attempts: int | None = None
     first_delay: float = 0.5
     max_delay: float = 8.0
     sleep: Callable[[float], None] = time.sleep
+    clock: Callable[[], float] = time.monotonic
 
     def delay(self, attempt: int) -> float:
         """Exponential backoff with jitter after failed attempt number ``attempt`` (1-based)."""
@@ -105,6 +112,21 @@ def is_transient(exc: BaseException) -> bool:
         return False
     message = str(exc).lower()
     return not any(marker in message for marker in PERMANENT_MESSAGES)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """The server could not write: SQLSTATE 53100, or libpq's text for it when no SQLSTATE came."""
+    if not isinstance(exc, psycopg2.Error):
+        return False
+    if exc.pgcode:
+        return exc.pgcode == "53100"
+    message = str(exc).lower()
+    return "no space left on device" in message or "could not extend file" in message
+
+
+def is_server_fault(exc: psycopg2.Error) -> bool:
+    """True when an error is the server's (or the connection's) trouble, never a row's."""
+    return is_transient(exc) or is_disk_full(exc) or (exc.pgcode or "")[:2] in SERVER_SQLSTATE_CLASSES
 
 
 def describe_db_error(exc: psycopg2.Error) -> str:
@@ -141,27 +163,38 @@ class PostgresAnswerStore:
     def _sync_retrying(
         self, sources: Mapping[str, Source], provenance: Provenance, ahead: dict[str, Future[_Ahead]]
     ) -> LoadResult:
-        attempts = self._retry.max_attempts
-        for attempt in range(1, attempts + 1):
+        policy = self._retry
+        start = policy.clock()
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 return self._sync_once(sources, provenance, attempt, ahead)
             except psycopg2.Error as exc:
+                if is_disk_full(exc):
+                    raise LoadError(
+                        f"{self._target}: the database server is out of disk space "
+                        f"({describe_db_error(exc)}); nothing was changed: free space and run pg-load again"
+                    ) from None
                 if not is_transient(exc):
                     raise LoadError(f"{self._target}: {describe_db_error(exc)}") from None
-                if attempt == attempts:
+                elapsed = policy.clock() - start
+                left = policy.max_seconds - elapsed
+                if left <= 0 or (policy.max_attempts is not None and attempt >= policy.max_attempts):
                     raise LoadError(
-                        f"{self._target}: giving up after {attempts} attempts: {describe_db_error(exc)}"
+                        f"{self._target}: giving up after {attempt} attempts in {elapsed:.0f}s: "
+                        f"{describe_db_error(exc)}; the database keeps its previous state"
                     ) from None
-                wait = self._retry.delay(attempt)
+                wait = min(policy.delay(attempt), left)
                 log.warning(
-                    "transient database error (attempt %d/%d), retrying in %.1fs: %s",
+                    "database unavailable (attempt %d, %.0fs of %.0fs), retrying in %.1fs: %s",
                     attempt,
-                    attempts,
+                    elapsed,
+                    policy.max_seconds,
                     wait,
                     describe_db_error(exc),
                 )
-                self._retry.sleep(wait)
-        raise AssertionError("unreachable")
+                policy.sleep(wait)
 
     def _step(self, name: str, attempt: int, conn: Any) -> None:
         if self._on_step is not None:
@@ -256,7 +289,7 @@ class PostgresAnswerStore:
         try:
             cur.execute(sql.add_key(sql.ANSWERS, parallel=size >= PARALLEL_KEY_BYTES))
         except psycopg2.Error as exc:
-            if is_transient(exc):
+            if is_server_fault(exc):
                 raise
             for name in plan.added:
                 path = sources[name].answers
@@ -318,8 +351,8 @@ class PostgresAnswerStore:
         try:
             cur.copy_expert(copy, reader, size=chunk)
         except psycopg2.Error as exc:
-            if is_transient(exc):
-                raise
+            if is_server_fault(exc):
+                raise  # a full disk or a lost server is not this file's fault: reported by _sync_retrying
             fh.seek(0)
             _diagnose(kind, shown, source.source_file, fh.read())
             raise _copy_error(shown, exc) from None
