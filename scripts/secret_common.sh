@@ -32,18 +32,63 @@ require_var() {
     [[ -n ${!1:-} ]] || die "environment variable $1 is not set ($2)"
 }
 
-# require_file NAME: the variable NAME holds the path of a readable, non-empty file (the path is not secret).
-require_file() {
-    local path=${!1}
-    [[ -e $path ]] || die "$1 points to '$path', which does not exist"
-    [[ -f $path && -r $path ]] || die "$1 points to '$path', which is not a readable file"
-    [[ -s $path ]] || die "$1 points to '$path', which is empty"
+# Messages name a variable and say what is wrong with its value, never quoting it: a variable meant to hold a
+# path may hold the secret itself (a key pasted instead of its file name).
+NOT_SHOWN="(the value is not shown)"
+
+# is_path VALUE: VALUE can be a file name at all (one line, within PATH_MAX), so testing it as one is meaningful.
+is_path() {
+    [[ ${#1} -le 4096 && $1 != *$'\n'* ]]
 }
 
-# require_pem NAME: like require_file, and the file must be PEM (what libpq reads).
+# require_file NAME: the variable NAME holds the path of a readable, non-empty file.
+require_file() {
+    local path=${!1}
+    is_path "$path" && [[ -e $path ]] || die "$1 names a file that does not exist $NOT_SHOWN"
+    [[ -f $path && -r $path ]] || die "$1 names something that is not a readable file $NOT_SHOWN"
+    [[ -s $path ]] || die "$1 names an empty file $NOT_SHOWN"
+}
+
+# pem_text VALUE: print VALUE as PEM text, turning escaped newlines (a secret pasted with literal \n) into real ones.
+pem_text() {
+    local text=$1
+    while [[ $text == *$'\n' ]]; do text=${text%$'\n'}; done
+    if [[ $text != *$'\n'* && $text == *'\n'* ]]; then
+        text=${text//'\r\n'/$'\n'}
+        text=${text//'\n'/$'\n'}
+    fi
+    printf '%s\n' "$text"
+}
+
+# require_pem NAME: NAME holds what libpq reads: the path of a PEM file, PEM content, or base64 of PEM content.
 require_pem() {
-    require_file "$1"
-    grep -q -e '-----BEGIN ' -- "${!1}" || die "$1 points to '${!1}', which is not a PEM file (no '-----BEGIN' line)"
+    local value=${!1}
+    if [[ $value == *-----BEGIN* ]]; then
+        [[ $value == *-----END* ]] || die "$1 holds PEM content without its '-----END ...-----' line $NOT_SHOWN"
+    elif [[ $value == *-----END* ]]; then
+        die "$1 holds PEM content whose '-----BEGIN ...-----' line is missing $NOT_SHOWN"
+    elif is_path "$value" && [[ -e $value ]]; then
+        require_file "$1"
+        grep -q -e '-----BEGIN ' -- "$value" || die "$1 names a file that is not PEM (no '-----BEGIN' line) $NOT_SHOWN"
+    elif printf '%s' "$value" | base64 -d 2>/dev/null | grep -q -e '-----BEGIN '; then
+        :
+    elif [[ $value == [/~.]* ]] && is_path "$value"; then
+        die "$1 names a file that does not exist $NOT_SHOWN"
+    else
+        die "$1 is neither the path of a PEM file nor PEM or base64 PEM content $NOT_SHOWN"
+    fi
+}
+
+# b64_pem NAME: base64 (one line) of the PEM that NAME holds, once require_pem accepted it.
+b64_pem() {
+    local value=${!1}
+    if [[ $value == *-----BEGIN* ]]; then
+        pem_text "$value" | b64_stdin
+    elif is_path "$value" && [[ -f $value ]]; then
+        b64_file "$value"
+    else
+        printf '%s' "$value" | base64 -d | b64_stdin
+    fi
 }
 
 # b64_file PATH: base64 of the file's content on one line.

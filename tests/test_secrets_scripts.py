@@ -142,8 +142,8 @@ def test_gcs_dry_run_prints_the_secret_and_never_calls_pachctl(sandbox):
     ("value", "message"),
     [
         (None, "environment variable GOOGLE_APPLICATION_CREDENTIALS is not set"),
-        ("missing.json", "GOOGLE_APPLICATION_CREDENTIALS points to 'missing.json', which does not exist"),
-        (".", "GOOGLE_APPLICATION_CREDENTIALS points to '.', which is not a readable file"),
+        ("missing.json", "GOOGLE_APPLICATION_CREDENTIALS names a file that does not exist (the value is not"),
+        (".", "GOOGLE_APPLICATION_CREDENTIALS names something that is not a readable file (the value is not"),
     ],
 )
 def test_gcs_secret_refuses_a_missing_variable_or_file(sandbox, value, message):
@@ -220,15 +220,63 @@ def test_db_secret_refuses_a_missing_or_non_pem_certificate(sandbox):
     env["PG_SSLROOTCERT"] = str(sb["work"] / "nope.pem")
     result = _run(DB_SCRIPT, env, sb)
     assert result.returncode == 1
-    assert f"PG_SSLROOTCERT points to '{sb['work'] / 'nope.pem'}', which does not exist" in result.stderr
+    assert "PG_SSLROOTCERT names a file that does not exist (the value is not shown)" in result.stderr
+    assert "nope.pem" not in result.stderr
 
     not_pem = sb["work"] / "cert.der"
     not_pem.write_bytes(b"\x30\x82\x01\x0a")
     env = {**_db_env(sb), "PG_SSLCERT": str(not_pem)}
     result = _run(DB_SCRIPT, env, sb)
     assert result.returncode == 1
-    assert "PG_SSLCERT points to" in result.stderr
-    assert "which is not a PEM file" in result.stderr
+    assert "PG_SSLCERT names a file that is not PEM" in result.stderr
+    assert list(sb["record"].iterdir()) == []
+
+
+KEY_BODY = "MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg" + "S3cr3tK3yB0dy" * 4
+
+
+def test_db_secret_stores_certificate_content_given_in_the_variables(sandbox):
+    # The README accepts the PEM itself (as a Kubernetes secret holds it), its base64, or a pasted \\n form.
+    sb = sandbox
+    f = sb["files"]
+    key = _pem("PRIVATE KEY", KEY_BODY)
+    env = {
+        **_db_env(sb),
+        "PG_SSLKEY": key,
+        "PG_SSLCERT": base64.b64encode(f["cert"].read_bytes()).decode(),
+        "PG_SSLROOTCERT": f["ca"].read_text().strip().replace("\n", "\\n"),
+    }
+    result = _run(DB_SCRIPT, env, sb)
+    assert result.returncode == 0, result.stderr
+    decoded = _decoded(json.loads((sb["record"] / "stdin").read_text()))
+    assert decoded["PG_SSLKEY"] == key.encode()
+    assert decoded["PG_SSLCERT"] == f["cert"].read_bytes()
+    assert decoded["PG_SSLROOTCERT"] == f["ca"].read_bytes()
+    assert KEY_BODY[:16] not in result.stdout + result.stderr
+    _assert_nothing_left(sb, {p.name for p in f.values()})
+
+
+@pytest.mark.parametrize("variable", ["PG_SSLKEY", "PG_SSLCERT", "PG_SSLROOTCERT"])
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        (_pem("PRIVATE KEY", KEY_BODY).split("\n", 1)[1], "whose '-----BEGIN ...-----' line is missing"),
+        (_pem("PRIVATE KEY", KEY_BODY).rsplit("-----END", 1)[0], "without its '-----END ...-----' line"),
+        (_pem("PRIVATE KEY", KEY_BODY).replace("\n", "\\n")[:90], "without its '-----END ...-----' line"),
+        (KEY_BODY[:64], "neither the path of a PEM file nor PEM"),  # base64 of DER
+        (KEY_BODY * 200, "neither the path of a PEM file nor PEM"),
+        ("/run/secrets/" + KEY_BODY[:20] + ".pem", "names a file that does not exist"),
+    ],
+    ids=["no-begin-line", "no-end-line", "escaped-newlines-cut", "base64-der", "very-long", "missing-path"],
+)
+def test_db_secret_never_prints_a_certificate_variable_it_cannot_use(sandbox, variable, value, problem):
+    sb = sandbox
+    result = _run(DB_SCRIPT, {**_db_env(sb), variable: value}, sb)
+    assert result.returncode == 1
+    assert f"create_secret_db.sh: error: {variable} " in result.stderr
+    assert problem in result.stderr and "(the value is not shown)" in result.stderr
+    for fragment in (KEY_BODY[:12], KEY_BODY[-12:], value[:12], value[-12:]):
+        assert fragment not in result.stdout + result.stderr
     assert list(sb["record"].iterdir()) == []
 
 
