@@ -146,7 +146,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         _fail(f"stopped by {name}; an unfinished load changes nothing", "Stopped", secrets)
         return 128 + stop.signum
     except OSError as exc:
-        return _fail(_os_error(exc), type(exc).__name__, secrets)
+        return _fail(describe_os_error(exc), type(exc).__name__, secrets)
     except (SettingsError, InputError, RowError, LoadError) as exc:
         return _fail(str(exc), type(exc).__name__, secrets)
     except Exception as exc:  # one clean line, still redacted, for anything unexpected
@@ -158,7 +158,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     return 0
 
 
-def _os_error(exc: OSError) -> str:
+def describe_os_error(exc: OSError) -> str:
     """One line for an operating-system error; a full disk says so first."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return f"no space left on device: {exc}; nothing was changed: free space and run pg-load again"

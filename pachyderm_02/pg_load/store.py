@@ -130,7 +130,8 @@ def is_server_fault(exc: psycopg2.Error) -> bool:
 
 
 def describe_db_error(exc: psycopg2.Error) -> str:
-    primary = exc.diag.message_primary if exc.diag and exc.diag.message_primary else str(exc).strip()
+    primary = exc.diag.message_primary if exc.diag and exc.diag.message_primary else str(exc)
+    primary = " ".join(primary.split())  # libpq's messages span lines (a hint after a tab): one line each
     return f"{primary} (SQLSTATE {exc.pgcode})" if exc.pgcode else primary
 
 
@@ -181,8 +182,9 @@ class PostgresAnswerStore:
                 elapsed = policy.clock() - start
                 left = policy.max_seconds - elapsed
                 if left <= 0 or (policy.max_attempts is not None and attempt >= policy.max_attempts):
+                    tries = f"{attempt} attempt{'s' if attempt > 1 else ''}"
                     raise LoadError(
-                        f"{self._target}: giving up after {attempt} attempts in {elapsed:.0f}s: "
+                        f"{self._target}: giving up after {tries} in {elapsed:.0f}s: "
                         f"{describe_db_error(exc)}; the database keeps its previous state"
                     ) from None
                 wait = min(policy.delay(attempt), left)
