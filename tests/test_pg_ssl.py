@@ -150,3 +150,20 @@ def test_password_never_appears_in_output(pg_ssl_server, answers_dir, tmp_path):
     assert unreachable.returncode == 1
     assert "giving up after 2 attempts" in unreachable.stderr
     assert server.password not in unreachable.stdout + unreachable.stderr
+
+
+def test_a_key_libpq_refuses_is_not_printed_and_not_left_on_disk(pg_ssl_server, answers_dir, tmp_path):
+    # Well-formed PEM, but not the key of the client certificate: libpq refuses it during the handshake.
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    other = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    db = pg_ssl_server.create_database(owner=pg_ssl_server.cert_user)
+    proc = pg_load(answers_dir, cert_env(pg_ssl_server, db, PG_SSLKEY=other.decode()), tmp_path)
+    assert proc.returncode == 1
+    assert "key" in proc.stderr.strip().splitlines()[-1]
+    body = [line for line in other.decode().splitlines() if not line.startswith("-----")]
+    assert [line for line in body if line[:12] in proc.stdout + proc.stderr] == []
+    assert list((tmp_path / "proc-tmp").iterdir()) == []
