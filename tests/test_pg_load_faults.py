@@ -23,7 +23,7 @@ import psycopg2
 import pytest
 from fixtures_postgres import _free_port, _pg_tool, _server_base
 from pg_load.cli import describe_os_error, main, run
-from pg_load.settings import LoadSettings
+from pg_load.settings import LoadSettings, SettingsError
 from pg_load.store import LoadError
 from test_pg_load import answer, expected_from_files, table_state, write_source
 
@@ -182,6 +182,25 @@ def test_the_key_is_on_disk_only_while_connecting_and_never_after_any_exit(
     with pytest.raises(LoadError, match="giving up after 1 attempt in 0s"):
         run(LoadSettings.from_args(tree, {**env, "PG_PORT": "1", "PG_HOST": "127.0.0.1"}, retry_seconds=0))
     assert list(tmpdir.iterdir()) == []
+
+
+def test_retry_time_and_connect_timeout_settings(tmp_path):
+    env = {"PG_HOST": "h"}
+    s = LoadSettings.from_args(tmp_path, env)
+    assert (s.retry_seconds, s.max_attempts) == (120, None)
+    assert ("connect_timeout", "10") in s.connection.options
+    s = LoadSettings.from_args(tmp_path, {**env, "PG_LOAD_RETRY_SECONDS": "30", "PG_LOAD_MAX_ATTEMPTS": "4"})
+    assert (s.retry_seconds, s.max_attempts) == (30, 4)
+    assert (
+        LoadSettings.from_args(
+            tmp_path, {**env, "PG_LOAD_RETRY_SECONDS": "30"}, retry_seconds=0
+        ).retry_seconds
+        == 0
+    )
+    with pytest.raises(SettingsError, match="retry seconds must be >= 0, got -1"):
+        LoadSettings.from_args(tmp_path, env, retry_seconds=-1)
+    url = LoadSettings.from_args(tmp_path, {"DATABASE_URL": "postgresql://h/d?connect_timeout=3"})
+    assert url.connection.options == (("connect_timeout", "3"),)
 
 
 # --- a server that goes away and comes back ----------------------------------------------------------------

@@ -269,7 +269,7 @@ def test_settings_database_url_with_pg_variables_overriding():
         ({"DATABASE_URL": "postgresql://u:Sup3rSecret@h:54x/d"}, "DATABASE_URL: the port is not a number"),
         ({"DATABASE_URL": "postgresql://u:Sup3rSecret@h:0/d"}, "DATABASE_URL: the port is not a number"),
         ({"DATABASE_URL": "host=h port=x password=Sup3rSecret"}, "DATABASE_URL: the port is not a number"),
-        ({"DATABASE_URL": "postgresql://u:Sup3rSecret@h/d?sslmode=on"}, "DATABASE_URL: sslmode is not one of"),
+        ({"DATABASE_URL": "postgres://u:Sup3rSecret@h/d?sslmode=on"}, "DATABASE_URL: sslmode is not one of"),
         (
             {"DATABASE_URL": "host=h password=Sup3rSecret junk"},
             "DATABASE_URL is not a valid libpq connection",
