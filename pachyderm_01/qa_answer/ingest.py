@@ -45,6 +45,10 @@ def mirror_source(source: QuestionSource, out_dir: Path) -> IngestSummary:
         if mapped.path is not None and (mapped.path not in owner or mapped.reason is None):
             owner[mapped.path] = obj.name
     for obj, mapped in listed:
+        if obj.refused is not None:
+            log.warning("skipping %r from %s: %s", obj.name, source.url, obj.refused)
+            summary.skipped += 1
+            continue
         if mapped.path is None:
             log.warning("skipping %r from %s: %s", obj.name, source.url, mapped.reason)
             summary.skipped += 1
