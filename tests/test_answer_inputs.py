@@ -221,3 +221,35 @@ def test_an_oversized_record_is_rejected_by_the_configured_limit_and_the_run_goe
     assert capsys.readouterr().err == (
         "qa-answer: error: invalid settings: max_record_bytes must be an integer >= 1, got 0\n"
     )
+
+
+def test_an_in_dir_whose_own_path_is_not_utf8_is_read_as_usual(tmp_path, tiny_qa_model):
+    in_dir = Path(os.fsdecode(os.path.join(os.fsencode(tmp_path), b"caf\xe9")))
+    in_dir.mkdir()
+    (in_dir / "ok.csv").write_text(GOOD)
+    summary = answer_folder(in_dir, tmp_path / "out", tiny_qa_model, chunk_rows=8)
+    assert (summary.files, summary.unreadable_files, summary.answered) == (1, 0, 1)
+
+
+def test_pg_load_loads_the_rejections_of_unusable_names(tmp_path, tiny_qa_model, pg_database, monkeypatch):
+    from pg_load.cli import main as pg_load_main
+
+    for key, value in pg_database.env.items():
+        monkeypatch.setenv(key, value)
+    in_dir, out = tmp_path / "in", tmp_path / "out"
+    in_dir.mkdir()
+    (in_dir / "ok.csv").write_text(GOOD)
+    write_raw(in_dir, b"lat\xe9.csv")
+    _deep_file(in_dir, 17)
+    answer_folder(in_dir, out, tiny_qa_model, chunk_rows=8)
+    assert pg_load_main([str(out), "-q"]) == 0
+    db = pg_database.connect()
+    with db.cursor() as cur:
+        cur.execute("SELECT source_file, row_number, error FROM qa_rejected ORDER BY source_file")
+        rows = cur.fetchall()
+    db.close()
+    assert [(row[1], row[2]) for row in rows] == [
+        (0, "the path is longer than PATH_MAX (4096 bytes): move the file"),
+        (0, "the file name is not valid UTF-8: rename the file"),
+    ]
+    assert rows[1][0] == "lat\\xe9.csv"

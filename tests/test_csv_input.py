@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 
 import pytest
-from qa_answer.csv_input import QuestionRow, RowRejection, read_question_chunks
+from qa_answer.csv_input import DEFAULT_MAX_RECORD_BYTES, QuestionRow, RowRejection, read_question_chunks
 
 
 def read_all(data: bytes, chunk_rows: int = 4) -> tuple[list[QuestionRow], list[RowRejection]]:
@@ -168,11 +168,22 @@ def test_unterminated_quote_swallows_the_rest_into_one_rejected_record():
     assert rejected[0].raw == 'q2,"open\nq3,c3'
 
 
-def test_one_megabyte_context_is_read_whole():
-    context = ("The river Seine flows through Paris. " * 30000)[: 1024 * 1024]
-    rows, rejected = read_all(b"question,context\nWhere?," + context.encode() + b"\n")
-    assert rejected == []
-    assert len(rows) == 1 and rows[0].context == context
+def test_a_record_of_the_default_limit_is_read_whole_and_one_byte_more_is_rejected():
+    record = (
+        b"Where?," + ("The river Seine flows through Paris. " * 30000).encode()[: 1024 * 1024 - 8] + b"\n"
+    )
+    assert len(record) == DEFAULT_MAX_RECORD_BYTES == 1024 * 1024
+    rows, rejected = read_all(b"question,context\n" + record + b"W" + record)
+    assert len(rows) == 1 and rows[0].context == record[7:-1].decode()
+    assert [(r.row_number, r.error) for r in rejected] == [
+        (2, "record too large: over 1048576 bytes (the limit is QA_MAX_RECORD_BYTES)")
+    ]
+
+
+def test_a_chunk_never_holds_more_bytes_than_one_record_may():
+    data = b"question,context\n" + b"".join(b"q%d,%s\n" % (i, b"c" * 40) for i in range(10))
+    chunks = list(read_question_chunks(io.BytesIO(data), chunk_rows=100, max_record_bytes=100))
+    assert [len(c.rows) for c in chunks] == [2, 2, 2, 2, 2]  # 45-byte records, 100 bytes a chunk
 
 
 def test_chunks_are_bounded_and_reconcile_on_a_larger_file():

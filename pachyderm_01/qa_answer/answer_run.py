@@ -117,9 +117,10 @@ def find_inputs(in_dir: Path, out_dir: Path | None = None) -> list[InputFile]:
             if not name.lower().endswith(b".csv"):
                 continue
             path = os.path.join(folder, name)
-            problem = _unreadable_because(top, path, name, folder_fd)
+            rel = os.path.relpath(path, top)
+            problem = _unreadable_because(top, rel, path, name, folder_fd)
             if problem != _NOT_A_FILE:
-                found.append((os.path.relpath(path, top), path, problem))
+                found.append((rel, path, problem))
     found.sort()
     taken = {rel.decode(ENCODING) for rel, _, _ in found if _output_name_ok(rel, out_dir)}
     inputs = []
@@ -136,11 +137,11 @@ def find_inputs(in_dir: Path, out_dir: Path | None = None) -> list[InputFile]:
 _NOT_A_FILE = "not a file"
 
 
-def _unreadable_because(top: bytes, path: bytes, name: bytes, folder_fd: int) -> str | None:
-    """Why the file at ``path`` (``name`` in ``folder_fd``) cannot be answered, None if it can."""
+def _unreadable_because(top: bytes, rel: bytes, path: bytes, name: bytes, folder_fd: int) -> str | None:
+    """Why the file at ``path`` (``rel`` below ``top``, ``name`` in ``folder_fd``) cannot be answered."""
     try:
-        os.fsdecode(path).encode(ENCODING)
-    except UnicodeEncodeError:
+        rel.decode(ENCODING)
+    except UnicodeDecodeError:
         return "the file name is not valid UTF-8: rename the file"
     if len(path) >= MAX_PATH_BYTES:
         return f"the path is longer than PATH_MAX ({MAX_PATH_BYTES} bytes): move the file"
@@ -185,7 +186,7 @@ def _folder_id(folder: Path | bytes | None, folder_fd: int | None = None) -> tup
     if folder is None:
         return None
     try:
-        st = os.stat(folder, dir_fd=folder_fd, follow_symlinks=False)
+        st = os.stat(folder, dir_fd=folder_fd)
     except OSError:
         return None
     return st.st_dev, st.st_ino
