@@ -381,19 +381,6 @@ def test_extra_columns_round_trip_as_json(tmp_path, tiny_qa_model):
     assert answer.extra == {"meta, data": 'a "b"', "n": "1"}
 
 
-def test_a_file_name_that_is_not_utf8_is_skipped_with_a_reason(tmp_path, tiny_qa_model, caplog):
-    import os
-
-    in_dir = tmp_path / "in"
-    in_dir.mkdir()
-    (in_dir / "ok.csv").write_text("question,context\nWhere is Paris?,Paris is in France.\n")
-    with open(os.path.join(os.fsencode(in_dir), b"lat\xe9.csv"), "w") as fh:
-        fh.write("question,context\nq,c\n")
-    summary = answer_folder(in_dir, tmp_path / "out", tiny_qa_model, chunk_rows=8)
-    assert (summary.files, summary.answered) == (1, 1)
-    assert any("its name is not valid UTF-8" in r.getMessage() for r in caplog.records)
-
-
 def test_rejected_rows_are_written_in_input_order(tmp_path, tiny_qa_model):
     """Row 1 is refused by the model (question longer than the window), row 2 by the CSV reader."""
     in_dir = tmp_path / "in"

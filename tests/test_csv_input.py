@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 
 import pytest
-from qa_answer.csv_input import QuestionRow, RowRejection, read_question_chunks
+from qa_answer.csv_input import DEFAULT_MAX_RECORD_BYTES, QuestionRow, RowRejection, read_question_chunks
 
 
 def read_all(data: bytes, chunk_rows: int = 4) -> tuple[list[QuestionRow], list[RowRejection]]:
@@ -168,11 +168,22 @@ def test_unterminated_quote_swallows_the_rest_into_one_rejected_record():
     assert rejected[0].raw == 'q2,"open\nq3,c3'
 
 
-def test_one_megabyte_context_is_read_whole():
-    context = ("The river Seine flows through Paris. " * 30000)[: 1024 * 1024]
-    rows, rejected = read_all(b"question,context\nWhere?," + context.encode() + b"\n")
-    assert rejected == []
-    assert len(rows) == 1 and rows[0].context == context
+def test_a_record_of_the_default_limit_is_read_whole_and_one_byte_more_is_rejected():
+    record = (
+        b"Where?," + ("The river Seine flows through Paris. " * 30000).encode()[: 1024 * 1024 - 8] + b"\n"
+    )
+    assert len(record) == DEFAULT_MAX_RECORD_BYTES == 1024 * 1024
+    rows, rejected = read_all(b"question,context\n" + record + b"W" + record)
+    assert len(rows) == 1 and rows[0].context == record[7:-1].decode()
+    assert [(r.row_number, r.error) for r in rejected] == [
+        (2, "record too large: over 1048576 bytes (the limit is QA_MAX_RECORD_BYTES)")
+    ]
+
+
+def test_a_chunk_never_holds_more_bytes_than_one_record_may():
+    data = b"question,context\n" + b"".join(b"q%d,%s\n" % (i, b"c" * 40) for i in range(10))
+    chunks = list(read_question_chunks(io.BytesIO(data), chunk_rows=100, max_record_bytes=100))
+    assert [len(c.rows) for c in chunks] == [2, 2, 2, 2, 2]  # 45-byte records, 100 bytes a chunk
 
 
 def test_chunks_are_bounded_and_reconcile_on_a_larger_file():
@@ -255,23 +266,62 @@ def test_a_quoting_error_in_the_header_rejects_the_file():
     ]
 
 
-def test_a_field_over_the_size_limit_stops_the_file_there(monkeypatch):
-    import csv
+def read_limited(data: bytes, max_record_bytes: int, chunk_rows: int = 4):
+    rows, rejected = [], []
+    for chunk in read_question_chunks(io.BytesIO(data), chunk_rows, max_record_bytes):
+        rows.extend(chunk.rows)
+        rejected.extend(chunk.rejected)
+    return rows, rejected
 
-    from qa_answer import csv_input
 
-    previous = csv.field_size_limit()
-    try:
-        csv.field_size_limit(100)
-        monkeypatch.setattr(csv_input, "MAX_FIELD_CHARS", 100)
-        data = b'question,context\nq1,c1\nq2,"' + b"x" * 150 + b'\nstill inside"\nq3,c3\n'
-        rows, rejected = read_all(data)
-    finally:
-        csv.field_size_limit(previous)
+TOO_LARGE = "record too large: over 100 bytes (the limit is QA_MAX_RECORD_BYTES)"
+
+
+@pytest.mark.parametrize(
+    ("big", "name"),
+    [
+        (b'q2,"' + b"x" * 150 + b'\nstill inside, ""quoted"" ,\n"\n', "quoted field spanning lines"),
+        (b"q2," + b"y" * 300 + b"\n", "one long unquoted line"),
+        (b'q2,"a' + b',"' * 80 + b'"\n', "quotes and commas inside quotes"),
+        (b"q2,ab" + b'"' * 3 + b"c" * 200 + b"\n", "stray quotes in an unquoted field"),
+        (b'q2,"x' + "é".encode() * 60 + b'"\r\n', "multi-byte characters over the limit in bytes"),
+    ],
+)
+def test_a_record_over_the_size_limit_is_rejected_and_reading_goes_on(big, name):
+    data = b"question,context\nq1,c1\n" + big + b"q3,c3\n\nq4,c4"
+    rows, rejected = read_limited(data, max_record_bytes=100, chunk_rows=2)
+    assert [(r.row_number, r.question) for r in rows] == [(1, "q1"), (3, "q3"), (4, "q4")], name
+    assert [(r.row_number, r.error) for r in rejected] == [(2, TOO_LARGE)], name
+    assert rejected[0].raw.startswith("q2,")
+    assert rejected[0].raw.endswith("...[cut: the record is over 100 bytes]")
+
+
+def test_a_record_at_the_size_limit_is_read():
+    record = b"q1," + b"z" * 96 + b"\n"  # 100 bytes, its line end included
+    rows, rejected = read_limited(b"question,context\n" + record + b"q2," + b"z" * 97 + b"\n", 100)
+    assert [r.context for r in rows] == ["z" * 96]
+    assert [(r.row_number, r.error) for r in rejected] == [(2, TOO_LARGE)]
+
+
+def test_an_unterminated_quote_over_the_limit_ends_the_file_as_one_rejected_record():
+    data = b'question,context\nq1,c1\nq2,"' + b"w" * 500 + b"\nq3,c3\n"
+    rows, rejected = read_limited(data, max_record_bytes=100)
     assert [r.row_number for r in rows] == [1]
+    assert [(r.row_number, r.error) for r in rejected] == [(2, TOO_LARGE)]
+
+
+def test_a_header_over_the_size_limit_rejects_the_file():
+    rows, rejected = read_limited(b"question,context," + b"h" * 200 + b"\nq,c,x\n", max_record_bytes=100)
+    assert rows == []
     assert [(r.row_number, r.error) for r in rejected] == [
-        (2, "malformed CSV: field larger than field limit (100); the rest of the file was not read")
+        (0, "the header row is too large (over QA_MAX_RECORD_BYTES)")
     ]
+
+
+def test_whitespace_only_lines_before_the_header_and_between_records_are_blank():
+    rows, rejected = read_all(b"  \t \r\n\n \nquestion,context\n   \nq1,c1\n \t\nq2,c2\n")
+    assert rejected == []
+    assert [(r.row_number, r.question) for r in rows] == [(1, "q1"), (2, "q2")]
 
 
 def test_an_unnamed_column_never_takes_the_name_of_a_named_one():

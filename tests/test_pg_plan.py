@@ -112,8 +112,26 @@ def test_scan_refuses_a_source_missing_one_of_its_two_files(tmp_path):
     with pytest.raises(InputError) as err:
         scan(tmp_path)
     assert str(err.value) == (
-        f"{tmp_path}: answers/b.csv, rejected/sub/c.csv without the matching answers/ or rejected/ file "
-        "(qa-answer writes both for every input): incomplete output?"
+        f"{tmp_path}: answers/b.csv, rejected/sub/c.csv without the matching answers/ or rejected/ file: "
+        "qa-answer writes both files of an input and replaces them as a pair, so a lone file is what a run "
+        "stopped while replacing them leaves behind: run qa-answer again"
+    )
+
+
+def test_scan_refuses_a_file_name_that_is_not_utf8_naming_it_escaped(tmp_path):
+    """Postgres could not store the name as source_file: one clear error instead of a UnicodeEncodeError."""
+    for rel in ("answers/a.csv", "rejected/a.csv"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    for folder in ("answers", "rejected"):
+        (tmp_path / folder / "sub").mkdir()
+        with open(os.path.join(os.fsencode(tmp_path / folder / "sub"), b"caf\xe9.csv"), "wb") as fh:
+            fh.write(b"x")
+    with pytest.raises(InputError) as err:
+        scan(tmp_path)
+    assert str(err.value) == (
+        "answers/sub/caf\\xe9.csv: the file name is not valid UTF-8, so it cannot be a source_file; "
+        "rename or remove the file (qa-answer never writes such names)"
     )
 
 

@@ -1,14 +1,21 @@
 """Answer every row of every CSV under IN_DIR and write the contract's answers/ and rejected/ files.
 
 Each input streams through in chunks (bounded memory); both output files of an input are written to
-temporary names in their target folders and renamed into place only when the input is done, so a
-killed run never leaves half a file and a re-run simply replaces them.
+temporary names in their target folders and swapped into place as a pair only when the input is done
+(``contract.replace_pair``), so a killed run never leaves half a file nor a pair mixed from two runs, and
+a re-run simply replaces them. An input that cannot be read at all (an unusable name, a symlink out of
+IN_DIR, a file that vanished or cannot be opened) becomes one file-level rejection; the run goes on.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import hashlib
 import logging
 import os
+import stat
 import sys
 import time
 import uuid
@@ -28,12 +35,24 @@ from qa_answer.contract import (
     RejectedRow,
     csv_writer,
     escape_raw,
+    replace_pair,
 )
-from qa_answer.csv_input import read_question_chunks
+from qa_answer.csv_input import DEFAULT_MAX_RECORD_BYTES, read_question_chunks
+from qa_answer.faults import NO_FAULTS, Faults
+from qa_answer.object_names import MAX_COMPONENT_BYTES, MAX_PATH_BYTES
 from qa_answer.qa_core import RowFailure
-from qa_answer.sources import is_csv_name
+from qa_answer.sources import LINK_OUTSIDE, links_outside
 
 log = logging.getLogger(__name__)
+
+TEMP_PREFIX = ".qa-answer-"
+TEMP_SUFFIX = ".part"
+#: Characters of an unusable input name kept in the stand-in name its rejection is filed under.
+_STAND_IN_HEAD = 50
+
+
+class OutputError(Exception):
+    """An output file cannot be written (full disk, read-only folder, ...); the message is for the user."""
 
 
 class Answerer(Protocol):
@@ -69,23 +88,108 @@ class RunSummary:
         )
 
 
-def find_csv_files(in_dir: Path, exclude: Path | None = None) -> list[Path]:
-    """``*.csv`` files under ``in_dir`` (sorted, relative), skipping ``exclude`` when it lies inside."""
-    skip = exclude.resolve() if exclude is not None else None
-    found = []
-    for folder, dirs, files in os.walk(in_dir):
-        dirs[:] = sorted(d for d in dirs if skip is None or (Path(folder) / d).resolve() != skip)
-        for file_name in files:
-            path = Path(folder) / file_name
-            if is_csv_name(file_name) and path.is_file():
-                relative = path.relative_to(in_dir)
-                try:
-                    relative.as_posix().encode("utf-8")
-                except UnicodeEncodeError:  # no answers/ path or source_file can hold non-UTF-8 bytes
-                    log.warning("skipping %s: its name is not valid UTF-8; rename the file", ascii(str(path)))
-                    continue
-                found.append(relative)
-    return sorted(found, key=lambda p: p.as_posix())
+@dataclass(frozen=True)
+class InputFile:
+    """One ``*.csv`` under IN_DIR, or the stand-in for one that cannot be read (then ``problem`` says why)."""
+
+    #: the outputs' path under answers/ and rejected/ and their ``source_file``: the input's own relative
+    #: path, or for a name no output can carry (not UTF-8, too long) an escaped stand-in
+    source_file: str
+    path: bytes
+    problem: str | None = None
+    #: the input's relative name as text (undecodable bytes as ``\xNN``): the raw column of its rejection
+    shown: str = ""
+
+
+def find_inputs(in_dir: Path, out_dir: Path | None = None) -> list[InputFile]:
+    """Every ``*.csv`` under ``in_dir`` (any case, sorted), skipping ``out_dir`` when it lies inside.
+
+    IN_DIR's own symlink is followed (Pachyderm's ``/pfs/<input>`` is a link into its scratch space); below it
+    symlinked folders are not entered, and a file symlink is read only if it points inside IN_DIR. Walking by
+    folder descriptors reaches paths longer than PATH_MAX, so they too are reported instead of vanishing.
+    """
+    top = os.path.realpath(os.fsencode(in_dir))
+    skip = _folder_id(out_dir)
+    found: list[tuple[bytes, bytes, str | None]] = []
+    for folder, dirs, files, folder_fd in os.fwalk(top):
+        dirs[:] = sorted(d for d in dirs if skip is None or _folder_id(d, folder_fd) != skip)
+        for name in files:
+            if not name.lower().endswith(b".csv"):
+                continue
+            path = os.path.join(folder, name)
+            rel = os.path.relpath(path, top)
+            problem = _unreadable_because(top, rel, path, name, folder_fd)
+            if problem != _NOT_A_FILE:
+                found.append((rel, path, problem))
+    found.sort()
+    taken = {rel.decode(ENCODING) for rel, _, _ in found if _output_name_ok(rel, out_dir)}
+    inputs = []
+    for rel, path, problem in found:
+        shown = rel.decode(ENCODING, errors="backslashreplace")
+        if _output_name_ok(rel, out_dir):
+            inputs.append(InputFile(shown, path, problem, shown))
+            continue
+        problem = problem or f"its output path would be longer than PATH_MAX ({MAX_PATH_BYTES} bytes)"
+        inputs.append(InputFile(_stand_in(rel, shown, out_dir, taken), path, problem, shown))
+    return sorted(inputs, key=lambda item: item.source_file)
+
+
+_NOT_A_FILE = "not a file"
+
+
+def _unreadable_because(top: bytes, rel: bytes, path: bytes, name: bytes, folder_fd: int) -> str | None:
+    """Why the file at ``path`` (``rel`` below ``top``, ``name`` in ``folder_fd``) cannot be answered."""
+    try:
+        rel.decode(ENCODING)
+    except UnicodeDecodeError:
+        return "the file name is not valid UTF-8: rename the file"
+    if len(path) >= MAX_PATH_BYTES:
+        return f"the path is longer than PATH_MAX ({MAX_PATH_BYTES} bytes): move the file"
+    try:
+        st = os.stat(name, dir_fd=folder_fd)
+        linked = stat.S_ISLNK(os.stat(name, dir_fd=folder_fd, follow_symlinks=False).st_mode)
+    except OSError as exc:
+        return f"cannot open the file: {exc.strerror}"  # e.g. a symlink to nothing
+    if stat.S_ISDIR(st.st_mode):
+        return _NOT_A_FILE
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    if linked and links_outside(top, path):
+        return LINK_OUTSIDE.format(folder="IN_DIR")
+    return None
+
+
+def _output_name_ok(rel: bytes, out_dir: Path | None) -> bool:
+    """Whether ``rel`` is valid UTF-8 and ``OUT_DIR/rejected/<rel>`` fits the file system's limits."""
+    try:
+        rel.decode(ENCODING)
+    except UnicodeDecodeError:
+        return False
+    base = len(os.fsencode(out_dir)) if out_dir is not None else 0
+    return base + len(REJECTED_DIR) + len(rel) + 2 < MAX_PATH_BYTES
+
+
+def _stand_in(rel: bytes, shown: str, out_dir: Path | None, taken: set[str]) -> str:
+    """A name the outputs of an unusable input name can carry: its escaped form, or clipped plus a digest."""
+    encoded = shown.encode(ENCODING)
+    parts_fit = all(len(part) <= MAX_COMPONENT_BYTES for part in encoded.split(b"/"))
+    if parts_fit and shown not in taken and _output_name_ok(encoded, out_dir):
+        taken.add(shown)
+        return shown
+    digest = hashlib.sha256(rel).hexdigest()[:16]
+    name = f"{shown.replace('/', '_')[:_STAND_IN_HEAD]}...{digest}.csv"
+    taken.add(name)
+    return name
+
+
+def _folder_id(folder: Path | bytes | None, folder_fd: int | None = None) -> tuple[int, int] | None:
+    if folder is None:
+        return None
+    try:
+        st = os.stat(folder, dir_fd=folder_fd)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def answer_folder(
@@ -95,23 +199,27 @@ def answer_folder(
     chunk_rows: int,
     progress: bool = False,
     prune: bool = False,
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+    faults: Faults = NO_FAULTS,
 ) -> RunSummary:
     """Answer all CSVs under ``in_dir`` into ``out_dir``; returns the counts for the summary line.
 
-    With ``prune``, outputs in ``out_dir`` whose input is gone are removed first, so re-running into the same
-    folder mirrors ``in_dir`` (a deleted or renamed input must not stay loadable under its old name).
+    Temporary files that killed runs left in ``out_dir`` are removed first. With ``prune``, outputs in
+    ``out_dir`` whose input is gone are removed too, so re-running into the same folder mirrors ``in_dir``
+    (a deleted or renamed input must not stay loadable under its old name).
     """
     started = time.perf_counter()
     summary = RunSummary()
-    inputs = find_csv_files(in_dir, exclude=out_dir)
+    inputs = find_inputs(in_dir, out_dir)
+    remove_stale_temp_files(out_dir)
     if prune:
-        remove_stale_outputs(out_dir, {p.as_posix() for p in inputs})
+        remove_stale_outputs(out_dir, {item.source_file for item in inputs})
     bar = _progress_bar(progress)
     try:
-        for index, relative in enumerate(inputs, start=1):
+        for index, item in enumerate(inputs, start=1):
             if bar is not None:
-                bar.set_description(f"[{index}/{len(inputs)}] {relative.as_posix()}")
-            answer_file(in_dir, relative, out_dir, model, chunk_rows, summary, bar)
+                bar.set_description(f"[{index}/{len(inputs)}] {item.source_file}")
+            answer_file(item, out_dir, model, chunk_rows, summary, bar, max_record_bytes, faults)
     finally:
         if bar is not None:
             bar.close()
@@ -124,31 +232,112 @@ def remove_stale_outputs(out_dir: Path, inputs: set[str]) -> None:
     for folder in (out_dir / ANSWERS_DIR, out_dir / REJECTED_DIR):
         if not folder.is_dir():
             continue
-        for relative in find_csv_files(folder):
-            if relative.as_posix() not in inputs:
-                (folder / relative).unlink()
-                log.info("removed %s/%s: its input is gone", folder.name, relative.as_posix())
+        for item in find_inputs(folder):
+            if item.source_file not in inputs:
+                os.unlink(item.path)
+                log.info("removed %s/%s: its input is gone", folder.name, item.source_file)
+
+
+def remove_stale_temp_files(out_dir: Path) -> None:
+    """Delete the ``.qa-answer-*.part`` files killed runs left under ``out_dir``'s answers/ and rejected/.
+
+    A running writer holds a lock on its temporary files, so a concurrent run's files are left alone.
+    """
+    removed = 0
+    for folder in (out_dir / ANSWERS_DIR, out_dir / REJECTED_DIR):
+        for parent, _dirs, files in os.walk(folder):
+            for name in files:
+                if not (name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)):
+                    continue
+                path = os.path.join(parent, name)
+                try:
+                    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+                except OSError:
+                    continue
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    os.unlink(path)
+                    removed += 1
+                except OSError:
+                    continue  # locked: a live run is writing it
+                finally:
+                    os.close(fd)
+    if removed:
+        log.info("removed %d temporary file(s) left by an interrupted run", removed)
 
 
 def answer_file(
-    in_dir: Path,
-    relative: Path,
+    item: InputFile,
     out_dir: Path,
     model: Answerer,
     chunk_rows: int,
     summary: RunSummary,
     bar=None,
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+    faults: Faults = NO_FAULTS,
 ) -> None:
     """Answer one input file; updates ``summary`` in place."""
-    source_file = relative.as_posix()
+    problem = item.problem
+    stream = None
+    if problem is None:
+        try:
+            stream = open(item.path, "rb")  # noqa: SIM115 (closed below)
+        except OSError as exc:  # vanished since listed, permission denied, ...
+            problem = f"cannot open the file: {exc.strerror}"
+    if stream is None:
+        _write_unreadable(item, out_dir, problem or "cannot open the file", summary, faults)
+        return
+    try:
+        with stream:
+            counts = _answer_stream(item, stream, out_dir, model, chunk_rows, bar, max_record_bytes, faults)
+    except _InputReadError as exc:
+        _write_unreadable(item, out_dir, f"cannot read the file: {exc}", summary, faults)
+        return
+    answered, rejected, file_error = counts
+    summary.files += 1
+    summary.rows += answered + rejected
+    summary.answered += answered
+    summary.rejected += rejected
+    if file_error is not None:
+        summary.unreadable_files += 1
+        log.warning("%s: file rejected: %s", item.source_file, file_error)
+    else:
+        log.info(
+            "%s: %d rows, %d answered, %d rejected", item.source_file, answered + rejected, answered, rejected
+        )
+
+
+class _InputReadError(Exception):
+    """Reading an input failed after it was opened (an I/O error); the message is the system's reason."""
+
+
+def _write_unreadable(
+    item: InputFile, out_dir: Path, problem: str, summary: RunSummary, faults: Faults
+) -> None:
+    with _OutputPair(out_dir, item.source_file, faults) as outputs:
+        outputs.reject(RejectedRow(item.source_file, FILE_LEVEL_ROW, problem, escape_raw(item.shown)))
+    summary.files += 1
+    summary.unreadable_files += 1
+    log.warning("%s: file rejected: %s", item.shown, problem)
+
+
+def _answer_stream(
+    item: InputFile,
+    stream: IO[bytes],
+    out_dir: Path,
+    model: Answerer,
+    chunk_rows: int,
+    bar,
+    max_record_bytes: int,
+    faults: Faults,
+) -> tuple[int, int, str | None]:
+    """Answer one open input into its output pair; returns (answered, rejected, file-level error)."""
+    source_file = item.source_file
     answered = rejected = 0
     file_error = None
-    with (
-        _AtomicCsv(out_dir / ANSWERS_DIR / relative, ANSWER_COLUMNS) as answers,
-        _AtomicCsv(out_dir / REJECTED_DIR / relative, REJECTED_COLUMNS) as rejects,
-        (in_dir / relative).open("rb") as stream,
-    ):
-        for chunk in read_question_chunks(stream, chunk_rows):
+    with _OutputPair(out_dir, source_file, faults) as outputs:
+        chunks = read_question_chunks(_ReadErrors(stream), chunk_rows, max_record_bytes)
+        for chunk in chunks:
             # A chunk's rejections (CSV-level, then the model's) are written together, in input order.
             chunk_rejects = []
             for rejection in chunk.rejected:
@@ -171,7 +360,7 @@ def answer_file(
                         chunk_rejects.append(RejectedRow(source_file, row.row_number, result.reason, raw))
                         rejected += 1
                         continue
-                    answers.write(
+                    outputs.answer(
                         AnswerRow(
                             source_file=source_file,
                             row_number=row.row_number,
@@ -188,52 +377,134 @@ def answer_file(
                     )
                     answered += 1
             for rejected_row in sorted(chunk_rejects, key=lambda r: r.row_number):
-                rejects.write(rejected_row)
+                outputs.reject(rejected_row)
             if bar is not None:
                 bar.update(len(chunk))
-    summary.files += 1
-    summary.rows += answered + rejected
-    summary.answered += answered
-    summary.rejected += rejected
-    if file_error is not None:
-        summary.unreadable_files += 1
-        log.warning("%s: file rejected: %s", source_file, file_error)
-    else:
-        log.info(
-            "%s: %d rows, %d answered, %d rejected", source_file, answered + rejected, answered, rejected
-        )
+    return answered, rejected, file_error
 
 
-class _AtomicCsv:
-    """A contract CSV written to a temporary sibling and renamed over ``path`` on success only."""
+class _ReadErrors:
+    """A binary input whose I/O errors surface as ``_InputReadError``, never mistaken for output errors."""
 
-    def __init__(self, path: Path, columns: Sequence[str]) -> None:
-        self.path = path
-        self.columns = columns
-        self._temp = path.parent / f".qa-answer-{uuid.uuid4().hex[:16]}.part"
-        self._stream: IO[str] | None = None
-        self._writer = None
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
 
-    def __enter__(self) -> _AtomicCsv:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._stream = self._temp.open("w", encoding=ENCODING, newline="")
-        self._writer = csv_writer(self._stream, self.columns)
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return False
+
+    def seekable(self) -> bool:
+        return False
+
+    @property
+    def closed(self) -> bool:
+        return self._stream.closed
+
+    def close(self) -> None:
+        pass  # the caller closes the file
+
+    def flush(self) -> None:
+        pass
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self._stream.read(size)
+        except OSError as exc:
+            raise _InputReadError(exc.strerror or str(exc)) from None
+
+    def read1(self, size: int = -1) -> bytes:
+        try:
+            return self._stream.read1(size)
+        except OSError as exc:
+            raise _InputReadError(exc.strerror or str(exc)) from None
+
+    def readinto(self, buffer) -> int:
+        try:
+            return self._stream.readinto(buffer)
+        except OSError as exc:
+            raise _InputReadError(exc.strerror or str(exc)) from None
+
+
+class _OutputPair:
+    """The answers/ and rejected/ files of one input: written to locked temporaries, swapped in as a pair.
+
+    On success both files replace the old pair through ``contract.replace_pair`` (never a visible mix of two
+    runs); on any failure both temporary files are removed and the old pair is left as it was. Every output
+    failure (a full disk, above all) becomes one ``OutputError`` naming the file.
+    """
+
+    def __init__(self, out_dir: Path, source_file: str, faults: Faults) -> None:
+        self.targets = (out_dir / ANSWERS_DIR / source_file, out_dir / REJECTED_DIR / source_file)
+        self._faults = faults
+        self._temps: list[Path] = []
+        self._files: list[IO[str]] = []
+        self._sinks: list[IO[str]] = []
+        self._writers: list = []
+
+    def __enter__(self) -> _OutputPair:
+        target = self.targets[0]
+        try:
+            for target, columns in zip(self.targets, (ANSWER_COLUMNS, REJECTED_COLUMNS), strict=True):
+                target.parent.mkdir(parents=True, exist_ok=True)
+                temp = target.parent / f"{TEMP_PREFIX}{uuid.uuid4().hex[:16]}{TEMP_SUFFIX}"
+                file = temp.open("x", encoding=ENCODING, newline="")
+                self._temps.append(temp)
+                self._files.append(file)
+                # The lock tells remove_stale_temp_files of another run that this file is live.
+                fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._sinks.append(self._faults.output_stream(file))
+                self._writers.append(csv_writer(self._sinks[-1], columns))
+        except OSError as exc:
+            self._discard()
+            raise _output_error(target, exc) from None
         return self
 
-    def write(self, row: AnswerRow | RejectedRow) -> None:
-        self._writer.writerow(row.to_record())
+    def answer(self, row: AnswerRow) -> None:
+        self._write(0, row.to_record())
+
+    def reject(self, row: RejectedRow) -> None:
+        self._write(1, row.to_record())
+
+    def _write(self, index: int, record: list[str]) -> None:
+        try:
+            self._writers[index].writerow(record)
+        except OSError as exc:
+            self._discard()
+            raise _output_error(self.targets[index], exc) from None
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        assert self._stream is not None
+        if exc_type is not None:
+            self._discard()
+            return
+        target = self.targets[0]
         try:
-            if exc_type is None:
-                self._stream.flush()
-                os.fsync(self._stream.fileno())
-            self._stream.close()
-            if exc_type is None:
-                os.replace(self._temp, self.path)
-        finally:
-            self._temp.unlink(missing_ok=True)
+            for target, sink, file in zip(self.targets, self._sinks, self._files, strict=True):  # noqa: B007
+                sink.flush()
+                if sink is not file:
+                    file.flush()
+                os.fsync(file.fileno())
+            for stream in {id(s): s for s in (*self._sinks, *self._files)}.values():
+                stream.close()
+            target = self.targets[1]
+            replace_pair(*self._temps, *self.targets, between=self._faults.between_renames)
+        except OSError as exc:
+            self._discard()
+            raise _output_error(target, exc) from None
+
+    def _discard(self) -> None:
+        for stream in (*self._sinks, *self._files):
+            with contextlib.suppress(OSError):
+                stream.close()  # flushing what a full disk refused fails again: nothing to keep
+        for temp in self._temps:
+            temp.unlink(missing_ok=True)
+
+
+def _output_error(path: Path, exc: OSError) -> OutputError:
+    reason = exc.strerror or str(exc)
+    advice = " (free some space and run again)" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+    return OutputError(f"cannot write {path}: {reason}{advice}; its previous outputs were left as they were")
 
 
 def _progress_bar(enabled: bool):

@@ -17,11 +17,14 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+from qa_answer.csv_input import DEFAULT_MAX_RECORD_BYTES
+from qa_answer.faults import FAULT_ENV, FaultError, Faults
 from qa_answer.settings import (
     CHUNK_ROWS_ENV,
     DATUM_BATCHING_ENV,
     DEFAULT_CHUNK_ROWS,
     FAIL_ON_REJECT_ENV,
+    MAX_RECORD_BYTES_ENV,
     PACHCTL_ENV,
     QA_OPTIONS,
     AnswerSettings,
@@ -81,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"rows sent to the model at a time (default {DEFAULT_CHUNK_ROWS}); env {CHUNK_ROWS_ENV}",
     )
     answer.add_argument(
+        "--max-record-bytes",
+        dest="max_record_bytes",
+        metavar="N",
+        help="largest CSV record read, in bytes; a longer one is rejected "
+        f"(default {DEFAULT_MAX_RECORD_BYTES}); env {MAX_RECORD_BYTES_ENV}",
+    )
+    answer.add_argument(
         "--fail-on-reject",
         action="store_true",
         default=None,
@@ -129,6 +139,7 @@ def run_ingest(flags: Mapping[str, object], env: Mapping[str, str]) -> int:
 
 def run_answer(flags: Mapping[str, object], env: Mapping[str, str]) -> int:
     settings = answer_settings(flags, env)
+    faults = Faults.parse(env.get(FAULT_ENV))
     from qa_answer.answer_run import answer_folder
     from qa_answer.qa_core import load_qa_model
 
@@ -156,6 +167,8 @@ def run_answer(flags: Mapping[str, object], env: Mapping[str, str]) -> int:
                 progress,
                 # Each batched datum sees only its own files in IN_DIR: nothing else in OUT_DIR is stale.
                 prune=not settings.datum_batching,
+                max_record_bytes=settings.max_record_bytes,
+                faults=faults,
             )
         print(summary.line(), file=sys.stdout, flush=True)
         return _exit_code(settings, summary)
@@ -180,8 +193,10 @@ def _exit_code(settings: AnswerSettings, summary: RunSummary) -> int:
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
     """Errors whose message is the whole story for the user: no traceback for these."""
-    errors: list[type[BaseException]] = [SettingsError]
+    errors: list[type[BaseException]] = [SettingsError, FaultError]
     modules = sys.modules
+    if "qa_answer.answer_run" in modules:
+        errors.append(modules["qa_answer.answer_run"].OutputError)
     if "qa_answer.sources" in modules:
         errors.append(modules["qa_answer.sources"].SourceError)
     if "qa_answer.datum_batching" in modules:

@@ -7,7 +7,10 @@ Layout under the answering pipeline's output (Pachyderm SQL egress style: folder
     rejected/<rel>.csv  one row per row that could not be answered (REJECTED_COLUMNS)
 
 ``<rel>`` is the input CSV's path relative to the answering input folder; both files exist for every
-input file (possibly header-only) so a loader can tell "no rows" from "not processed".
+input file (possibly header-only) so a loader can tell "no rows" from "not processed". The two files of a
+``<rel>`` always come from one run: :func:`replace_pair` removes the old answers file before it renames the
+new pair into place, so a run stopped at any instant leaves the old pair, the new pair, or a lone
+``rejected/<rel>.csv``, which a loader must refuse (:data:`LONE_FILE_HINT`).
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterable, Iterator
+import os
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TextIO
 
 CONTRACT_VERSION = 1
@@ -40,6 +45,31 @@ ANSWER_COLUMNS = (
     "extra",
 )
 REJECTED_COLUMNS = ("source_file", "row_number", "error", "raw")
+#: What a loader says about a lone answers/ or rejected/ file (see :func:`replace_pair`).
+LONE_FILE_HINT = (
+    "qa-answer writes both files of an input and replaces them as a pair, so a lone file is what a run "
+    "stopped while replacing them leaves behind: run qa-answer again"
+)
+
+
+def replace_pair(
+    new_answers: Path,
+    new_rejected: Path,
+    answers: Path,
+    rejected: Path,
+    between: Callable[[], None] = lambda: None,
+) -> None:
+    """Move a finished pair of files into place so that no mix of two runs is ever visible.
+
+    Two renames cannot be one atomic step, so the old answers file goes first: an interruption after that
+    leaves ``rejected`` without ``answers`` (refused by the loader, repaired by the next run), never the old
+    answers beside the new rejections, which would put a row in both tables. ``between`` runs between the
+    two renames (a fault point for tests).
+    """
+    answers.unlink(missing_ok=True)
+    os.replace(new_rejected, rejected)
+    between()
+    os.replace(new_answers, answers)
 
 
 @dataclass(frozen=True)

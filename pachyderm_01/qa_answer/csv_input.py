@@ -1,7 +1,7 @@
 """Read a question CSV as a stream of row chunks, turning every bad row into a rejection with a reason.
 
 Pure: works on any binary stream, never touches the file system. Memory stays bounded by one chunk
-(plus one record), whatever the file size.
+(plus one record of at most ``max_record_bytes``), whatever the file size or the length of one line.
 
 Policy (documented in docs/answering.md):
 
@@ -11,15 +11,19 @@ Policy (documented in docs/answering.md):
   ``id`` is optional, every other column goes to ``extra`` under its trimmed name.
 * A file whose header cannot be used (empty, binary, not UTF-8, wrong delimiter, missing or duplicate
   columns) yields ONE rejection with ``row_number`` 0 and nothing else.
-* ``row_number`` counts the records after the header, 1-based; blank lines are not records.
+* ``row_number`` counts the records after the header, 1-based; blank lines (empty or whitespace only) are
+  not records, and the first non-blank line is the header.
 * A record is rejected when it is malformed CSV, has a different number of fields than the header,
   holds bytes that are not UTF-8, holds a NUL character, or has an empty (blank) question or context.
+* A record over ``max_record_bytes`` is rejected unparsed, and reading goes on with the next record: its
+  end is found by a scan that follows the quoting, as the CSV reader would, holding one piece at a time.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -28,8 +32,11 @@ from qa_answer.contract import FILE_LEVEL_ROW, escape_raw
 
 REQUIRED_COLUMNS = ("question", "context")
 ID_COLUMN = "id"
-#: Largest single field accepted (characters). Well above the 1 MB contexts we test, far below RAM.
-MAX_FIELD_CHARS = 64 * 1024 * 1024
+#: Largest record accepted by default (bytes of UTF-8, line ends included). The QA core holds ~200 MB of
+#: windows per MiB of context (measured), so 1 MiB keeps a run with distilbert-base under 1 GB.
+DEFAULT_MAX_RECORD_BYTES = 1024 * 1024
+#: Characters read at a time while skipping an oversized record.
+_SKIP_PIECE_CHARS = 1024 * 1024
 _DELIMITER_HINTS = {";": "semicolon", "\t": "tab", "|": "pipe"}
 
 
@@ -64,27 +71,98 @@ class Chunk:
         return len(self.rows) + len(self.rejected)
 
 
-class _RecordingLines:
-    """Line iterator for ``csv.reader`` that remembers the raw text of the record being parsed."""
+class _RecordTooLarge(Exception):
+    pass
 
-    def __init__(self, text: io.TextIOBase) -> None:
+
+class _RecordingLines:
+    """Line iterator for ``csv.reader`` that remembers the raw text of the record being parsed.
+
+    It never hands over more than ``max_bytes`` of one record: reads are capped at what is left of the budget,
+    and a record that would exceed it raises ``_RecordTooLarge`` out of the reader (which is then dropped).
+    """
+
+    def __init__(self, text: io.TextIOBase, max_bytes: int) -> None:
         self._text = text
+        self._max_bytes = max_bytes
         self._lines: list[str] = []
+        self._size = 0
+        #: UTF-8 bytes of the record last taken
+        self.taken_bytes = 0
 
     def __iter__(self) -> _RecordingLines:
         return self
 
     def __next__(self) -> str:
-        line = self._text.readline()
+        line = self._text.readline(self._max_bytes - self._size + 1)
         if not line:
             raise StopIteration
         self._lines.append(line)
+        self._size += len(line) if line.isascii() else len(line.encode("utf-8", errors="surrogateescape"))
+        if self._size > self._max_bytes:
+            raise _RecordTooLarge
         return line
 
     def take(self) -> str:
         raw = "".join(self._lines)
         self._lines.clear()
+        self.taken_bytes, self._size = self._size, 0
         return raw.rstrip("\r\n")
+
+    def skip_record(self) -> str:
+        """Read past the end of the record being parsed, without holding it; returns its first characters."""
+        head = "".join(self._lines)
+        self._lines.clear()
+        self._size = 0
+        scan = _RecordEnd()
+        if scan.feed(head):
+            return head[:_RAW_HEAD].rstrip("\r\n")
+        while True:
+            piece = self._text.readline(_SKIP_PIECE_CHARS)
+            if not piece or scan.feed(piece):
+                return head[:_RAW_HEAD].rstrip("\r\n")
+
+
+_RAW_HEAD = 2000
+_UNQUOTED_EVENT = re.compile(r',"|[\r\n]')
+
+
+class _RecordEnd:
+    """Finds where a CSV record ends (an unquoted line end), fed its text a piece at a time.
+
+    Follows the reader's lenient quoting rules: a quote opens a quoted field only at the start of a field, a
+    doubled quote inside one is a literal quote, and anything after a closing quote joins the field.
+    """
+
+    def __init__(self) -> None:
+        self._state = "field_start"
+
+    def feed(self, text: str) -> bool:
+        """True when the record ends in ``text`` (line pieces end at a line end, so nothing is left over)."""
+        pos, end = 0, len(text)
+        while pos < end:
+            state = self._state
+            if state == "quoted":
+                close = text.find('"', pos)
+                if close < 0:
+                    return False
+                self._state, pos = "after_quote", close + 1
+            elif state in ("field_start", "after_quote"):
+                if text[pos] == '"':
+                    self._state, pos = "quoted", pos + 1
+                else:
+                    self._state = "unquoted"
+            else:
+                event = _UNQUOTED_EVENT.search(text, pos)
+                if event is None:
+                    if text.endswith(","):
+                        self._state = "field_start"  # a quote at the start of the next piece opens a field
+                    return False
+                if event.group() == ',"':
+                    self._state, pos = "quoted", event.end()
+                else:
+                    return True
+        return False
 
 
 class _HeaderError(Exception):
@@ -100,15 +178,22 @@ class _Header:
     extras: tuple[tuple[str, int], ...]
 
 
-def read_question_chunks(stream: BinaryIO, chunk_rows: int = 512) -> Iterator[Chunk]:
-    """Yield chunks of at most ``chunk_rows`` rows (answerable and rejected together) from a CSV stream."""
+def read_question_chunks(
+    stream: BinaryIO, chunk_rows: int = 512, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+) -> Iterator[Chunk]:
+    """Yield chunks of at most ``chunk_rows`` rows (answerable and rejected together) from a CSV stream.
+
+    A chunk also holds at most ``max_record_bytes`` of records (always at least one record).
+    """
     if chunk_rows < 1:
         raise ValueError("chunk_rows must be at least 1")
-    if csv.field_size_limit() < MAX_FIELD_CHARS:
-        csv.field_size_limit(MAX_FIELD_CHARS)
+    if max_record_bytes < 1:
+        raise ValueError("max_record_bytes must be at least 1")
+    if csv.field_size_limit() <= max_record_bytes:
+        csv.field_size_limit(max_record_bytes + 1)  # the record bound is the one that applies
     # surrogateescape keeps undecodable bytes as lone surrogates so one bad row cannot stop the file.
     text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
-    lines = _RecordingLines(text)
+    lines = _RecordingLines(text, max_record_bytes)
     # Record boundaries come from a lenient reader (as spreadsheet tools see them); a record with a quoting
     # error is then re-read strictly and rejected. A strict reader alone would drop the rest of the line at
     # the error and resynchronise on the next physical line: inside a quoted multi-line field that invents
@@ -122,24 +207,37 @@ def read_question_chunks(stream: BinaryIO, chunk_rows: int = 512) -> Iterator[Ch
         return
 
     chunk = Chunk()
+    chunk_bytes = 0
     row_number = 0
     while True:
         try:
             record = next(reader)
         except StopIteration:
             break
+        except _RecordTooLarge:
+            row_number += 1
+            head = lines.skip_record()
+            reason = f"record too large: over {max_record_bytes} bytes (the limit is QA_MAX_RECORD_BYTES)"
+            raw = _raw_text(head) + f"...[cut: the record is over {max_record_bytes} bytes]"
+            chunk.rejected.append(RowRejection(row_number, reason, raw))
+            reader = csv.reader(lines)  # the dropped reader was left inside that record
         except csv.Error as exc:
-            # Only a field over MAX_FIELD_CHARS gets here. Where the next record starts is unknown (the reader
-            # resumes at the next physical line, maybe inside this field), so nothing after it is trusted.
+            # Unreachable while fields are bounded by the record limit; kept so a reader error never passes
+            # silently. Where the next record starts is unknown, so nothing after it is trusted.
             row_number += 1
             reason = f"malformed CSV: {exc}; the rest of the file was not read"
             chunk.rejected.append(RowRejection(row_number, reason, _raw_text(lines.take())))
             break
         else:
             raw = lines.take()
-            if not record:
+            if not raw.strip():
                 continue  # a blank line is not a record
             row_number += 1
+            if len(chunk) and chunk_bytes + lines.taken_bytes > max_record_bytes:
+                # The model's memory follows the bytes of a chunk: never more than one maximal record's.
+                yield chunk
+                chunk, chunk_bytes = Chunk(), 0
+            chunk_bytes += lines.taken_bytes
             parsed = _quoting_error(raw) or _parse_record(record, header, row_number, raw)
             if isinstance(parsed, str):
                 chunk.rejected.append(RowRejection(row_number, parsed, _raw_text(raw)))
@@ -147,7 +245,7 @@ def read_question_chunks(stream: BinaryIO, chunk_rows: int = 512) -> Iterator[Ch
                 chunk.rows.append(parsed)
         if len(chunk) >= chunk_rows:
             yield chunk
-            chunk = Chunk()
+            chunk, chunk_bytes = Chunk(), 0
     if len(chunk):
         yield chunk
 
@@ -158,10 +256,13 @@ def _read_header(reader: Iterator[list[str]], lines: _RecordingLines) -> _Header
             record = next(reader)
         except StopIteration:
             raise _HeaderError("empty file: no header row", lines.take()) from None
+        except _RecordTooLarge:
+            head = lines.skip_record()
+            raise _HeaderError("the header row is too large (over QA_MAX_RECORD_BYTES)", head) from None
         except csv.Error as exc:
             raise _HeaderError(f"cannot parse the header row: {exc}", lines.take()) from None
         raw = lines.take()
-        if record:
+        if raw.strip():
             break
     bad_quoting = _quoting_error(raw)
     if bad_quoting:

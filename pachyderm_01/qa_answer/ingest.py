@@ -42,9 +42,17 @@ def mirror_source(source: QuestionSource, out_dir: Path) -> IngestSummary:
     # Two objects may map to one path ("x\\y.csv" and "x_y.csv"): the one whose name needed no change wins.
     owner: dict[str, str] = {}
     for obj, mapped in listed:
-        if mapped.path is not None and (mapped.path not in owner or mapped.reason is None):
+        if (
+            obj.refused is None
+            and mapped.path is not None
+            and (mapped.path not in owner or mapped.reason is None)
+        ):
             owner[mapped.path] = obj.name
     for obj, mapped in listed:
+        if obj.refused is not None:
+            log.warning("skipping %r from %s: %s", obj.name, source.url, obj.refused)
+            summary.skipped += 1
+            continue
         if mapped.path is None:
             log.warning("skipping %r from %s: %s", obj.name, source.url, mapped.reason)
             summary.skipped += 1

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from qa_answer.csv_input import DEFAULT_MAX_RECORD_BYTES
 from qa_answer.qa_config import QAConfig
 
 #: (QAConfig field, flag, environment variable, type)
@@ -25,6 +26,7 @@ QA_OPTIONS = (
     ("precision", "--precision", "QA_PRECISION", str),
 )
 CHUNK_ROWS_ENV = "QA_CHUNK_ROWS"
+MAX_RECORD_BYTES_ENV = "QA_MAX_RECORD_BYTES"
 FAIL_ON_REJECT_ENV = "QA_FAIL_ON_REJECT"
 DATUM_BATCHING_ENV = "QA_DATUM_BATCHING"
 PACHCTL_ENV = "QA_PACHCTL"
@@ -52,6 +54,8 @@ class AnswerSettings:
     out_dir: Path
     qa: QAConfig
     chunk_rows: int = DEFAULT_CHUNK_ROWS
+    #: bytes of one CSV record; a longer record is rejected unread
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
     fail_on_reject: bool = False
     #: Pachyderm datum batching: load the model once, then loop on ``pachctl next datum``.
     datum_batching: bool = False
@@ -94,6 +98,15 @@ def answer_settings(flags: Mapping[str, object], env: Mapping[str, str]) -> Answ
         chunk_rows = DEFAULT_CHUNK_ROWS
     if chunk_rows < 1:
         raise SettingsError(f"invalid settings: chunk_rows must be an integer >= 1, got {chunk_rows}")
+    max_record_bytes = _pick(
+        flags.get("max_record_bytes"), "--max-record-bytes", env, MAX_RECORD_BYTES_ENV, int
+    )
+    if max_record_bytes is None:
+        max_record_bytes = DEFAULT_MAX_RECORD_BYTES
+    if max_record_bytes < 1:
+        raise SettingsError(
+            f"invalid settings: max_record_bytes must be an integer >= 1, got {max_record_bytes}"
+        )
     fail_on_reject = flags.get("fail_on_reject") or _env_bool(env, FAIL_ON_REJECT_ENV)
     datum_batching = bool(flags.get("datum_batching") or _env_bool(env, DATUM_BATCHING_ENV))
     pachctl = (env.get(PACHCTL_ENV) or "").strip() or DEFAULT_PACHCTL
@@ -110,6 +123,7 @@ def answer_settings(flags: Mapping[str, object], env: Mapping[str, str]) -> Answ
         out_dir=out_dir,
         qa=qa,
         chunk_rows=chunk_rows,
+        max_record_bytes=max_record_bytes,
         fail_on_reject=bool(fail_on_reject),
         datum_batching=datum_batching,
         pachctl=pachctl,

@@ -29,6 +29,8 @@ class SourceObject:
     name: str  # relative to the source's prefix or folder; untrusted for GCS
     size: int | None = None
     handle: Any = field(default=None, compare=False, repr=False)
+    #: why the object is listed but must not be copied (e.g. a symlink leading out of the folder)
+    refused: str | None = None
 
 
 class QuestionSource(Protocol):
@@ -41,25 +43,43 @@ class QuestionSource(Protocol):
         ...
 
 
+#: Why a symlinked CSV is not read (`qa-answer ingest` from a folder and `qa-answer answer` share the rule).
+LINK_OUTSIDE = "a symlink to a file outside {folder}: not read (see docs/answering.md)"
+
+
 def is_csv_name(name: str) -> bool:
     return name.lower().endswith(CSV_SUFFIX)
 
 
+def links_outside(real_root: bytes, path: bytes) -> bool:
+    """Whether ``path``, a symlink below the folder whose real path is ``real_root``, resolves outside it.
+
+    The folder itself may be a link (Pachyderm's ``/pfs/<input>`` points into its scratch space): callers pass
+    its resolved path, so only links below it are judged.
+    """
+    return not os.path.realpath(path).startswith(real_root.rstrip(b"/") + b"/")
+
+
 class LocalFolderSource:
-    """Every ``*.csv`` file under a folder (directory symlinks are not followed)."""
+    """Every ``*.csv`` file under a folder (folder symlinks are not followed, file links only inside it)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.url = str(root)
 
     def list_csv(self) -> Iterator[SourceObject]:
+        real_root = os.path.realpath(os.fsencode(self.root))
         found = []
         for folder, dirs, files in os.walk(self.root):
             dirs.sort()
             for file_name in files:
                 path = Path(folder) / file_name
                 if is_csv_name(file_name) and path.is_file():
-                    found.append(SourceObject(path.relative_to(self.root).as_posix(), path.stat().st_size))
+                    name = path.relative_to(self.root).as_posix()
+                    if path.is_symlink() and links_outside(real_root, os.fsencode(path)):
+                        found.append(SourceObject(name, refused=LINK_OUTSIDE.format(folder="SOURCE")))
+                        continue
+                    found.append(SourceObject(name, path.stat().st_size))
         yield from sorted(found, key=lambda obj: obj.name)
 
     def fetch(self, obj: SourceObject, dest: Path) -> SourceObject | None:

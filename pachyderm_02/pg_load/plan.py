@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from qa_answer.contract import ANSWERS_DIR, REJECTED_DIR
+from qa_answer.contract import ANSWERS_DIR, ENCODING, LONE_FILE_HINT, REJECTED_DIR
 
 log = logging.getLogger("pg_load")
 
@@ -108,12 +108,12 @@ def scan(in_dir: Path) -> dict[str, Source]:
         if name in found[rel] and len(found[rel]) == 1
     ]
     if unpaired:
-        # qa-answer writes both files of a source (a header-only one when there are no rows), so a lone file
-        # means a partial output: loading it would delete the missing file's rows.
+        # qa-answer writes both files of a source (a header-only one when there are no rows) and swaps them in
+        # as a pair, so a lone file is a partial output: loading it would delete the missing file's rows, or
+        # (beside an older partner) put one input row in both tables.
         shown = ", ".join(unpaired[:3]) + (f" and {len(unpaired) - 3} more" if len(unpaired) > 3 else "")
         raise InputError(
-            f"{in_dir}: {shown} without the matching {ANSWERS_DIR}/ or {REJECTED_DIR}/ file "
-            "(qa-answer writes both for every input): incomplete output?"
+            f"{in_dir}: {shown} without the matching {ANSWERS_DIR}/ or {REJECTED_DIR}/ file: {LONE_FILE_HINT}"
         )
     sources = {}
     for rel in sorted(found):
@@ -145,7 +145,22 @@ def _csv_files(folder: Path) -> Iterator[tuple[Path, str, tuple[int, int]]]:
             except FileNotFoundError:  # a dangling link
                 continue
             if stat.S_ISREG(st.st_mode):
-                yield path, path.relative_to(folder).as_posix(), (st.st_size, st.st_mtime_ns)
+                rel = path.relative_to(folder).as_posix()
+                _check_name(folder, rel)
+                yield path, rel, (st.st_size, st.st_mtime_ns)
+
+
+def _check_name(folder: Path, rel: str) -> None:
+    """Refuse a file name that is not UTF-8: Postgres could not store it as source_file (qa-answer never
+    writes one; it files an input with such a name under an escaped stand-in)."""
+    try:
+        rel.encode(ENCODING)
+    except UnicodeEncodeError:
+        shown = rel.encode(ENCODING, errors="surrogateescape").decode(ENCODING, errors="backslashreplace")
+        raise InputError(
+            f"{folder.name}/{shown}: the file name is not valid UTF-8, so it cannot be a source_file; "
+            "rename or remove the file (qa-answer never writes such names)"
+        ) from None
 
 
 def file_stamp(path: Path | None) -> tuple[int, int] | None:
