@@ -10,12 +10,8 @@ runs in a fresh process.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -26,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from .datums import Datum
-from .pathmap import PathMap
+from .names import InvalidNameError
+from .procs import DatumCommand, GroupReaper, end_process, start_datum_process
 from .spec import PipelineSpec
 from .store import now
 
@@ -77,8 +74,10 @@ def serve_worker(
     layout: Callable[[Datum, Path], None],
     collect: Callable[[Any, Path], None],
     finish: Callable[[Any], None],
-    process_env: Callable[[Path], tuple[dict[str, str], PathMap]],
+    command: Callable[[Path], DatumCommand],
     log_path: Callable[[Datum], Path],
+    reaper: GroupReaper,
+    stop: threading.Event,
 ) -> None:
     """Run one worker slot until the queue is drained; ``finish`` is called once per datum taken."""
     pfs = worker_dir / "pfs"
@@ -103,36 +102,21 @@ def serve_worker(
             server.bind(str(sock_path))
             server.listen(4)
             server.settimeout(_POLL_S)
-            while retry is not None or not queue.empty():
+            while (retry is not None or not queue.empty()) and not stop.is_set():
                 shutil.rmtree(pfs, ignore_errors=True)
                 (pfs / "out").mkdir(parents=True)
-                env, path_map = process_env(pfs)
-                env[SOCKET_ENV] = str(sock_path)
-                argv = path_map.apply_all(spec.cmd)
-                stdin = path_map.apply("\n".join(spec.stdin)) + "\n" if spec.stdin else None
+                base = command(pfs)
+                process = DatumCommand(base.argv, {**base.env, SOCKET_ENV: str(sock_path)}, base.stdin)
                 with open(worker_log, "ab") as out:
                     offset = out.tell()
                     try:
-                        proc = subprocess.Popen(
-                            argv,
-                            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-                            stdout=out,
-                            stderr=subprocess.STDOUT,
-                            env=env,
-                            start_new_session=True,
-                        )
+                        proc = start_datum_process(process, out, reaper)
                     except OSError as exc:
-                        error = f"cannot start {argv[0]!r}: {exc}"
+                        error = f"cannot start {process.argv[0]!r}: {exc}"
                         retry = _fail_without_process(
                             spec, retry, queue, make_outcome, finish, log_path, error
                         )
                         continue
-                if stdin is not None and proc.stdin is not None:
-                    try:
-                        proc.stdin.write(stdin.encode())
-                        proc.stdin.close()
-                    except OSError:
-                        pass
                 state["offset"] = offset
                 flight: _Flight | None = None
                 while True:
@@ -147,10 +131,12 @@ def serve_worker(
                             and time.monotonic() - flight.started > spec.datum_timeout_s
                         )
                         code = proc.poll()
-                        if code is None and not timed_out:
+                        if code is None and not timed_out and not stop.is_set():
                             continue
+                        end_process(proc, reaper)
+                        if stop.is_set():
+                            break
                         if timed_out:
-                            _kill(proc)
                             error = f"timed out after {spec.datum_timeout_s:g}s"
                         else:
                             error = f"exit code {code}"
@@ -174,28 +160,46 @@ def serve_worker(
                         break
                     with conn:
                         conn.settimeout(None)
-                        request = conn.makefile("r").readline().strip()
-                        if request != "next":
-                            conn.sendall(b"error: expected 'next'\n")
+                        request = conn.makefile("r").readline().rstrip("\n")
+                        verb, _, user_error = request.partition(" ")
+                        if verb not in ("next", "error"):
+                            conn.sendall(b"error: expected 'next' or 'error MSG'\n")
                             continue
+                        if verb == "error" and flight is not None:
+                            # `pachctl next datum --error MSG`: the try fails and the user code restarts.
+                            end_process(proc, reaper)
+                            outcome = flight.outcome
+                            outcome.seconds += time.monotonic() - flight.started
+                            outcome.error = f"user code reported: {user_error}"
+                            flush_log(outcome, f"try {outcome.tries}: {outcome.error}")
+                            if outcome.tries < spec.datum_tries:
+                                retry = outcome
+                            else:
+                                finish(outcome)
+                            break
                         if flight is not None:
                             outcome = flight.outcome
                             outcome.seconds += time.monotonic() - flight.started
-                            flush_log(outcome, f"try {outcome.tries}: success")
-                            collect(outcome, pfs)
+                            try:
+                                collect(outcome, pfs)
+                                flush_log(outcome, f"try {outcome.tries}: success")
+                            except InvalidNameError as exc:
+                                outcome.ok = False
+                                outcome.error = f"cannot upload an output file: {exc}"
+                                flush_log(outcome, f"try {outcome.tries}: {outcome.error}")
                             finish(outcome)
                             flight = None
                         pending = retry or queue.take()
                         retry = None
-                        if pending is None:
-                            _kill(proc)
+                        if pending is None or stop.is_set():
+                            end_process(proc, reaper)
                             break
                         outcome = pending if not isinstance(pending, Datum) else make_outcome(pending)
                         flight = _start_try(outcome, spec, log_path, proc.pid)
                         layout(outcome.datum, pfs)
                         flight.started = time.monotonic()
                         conn.sendall(b"go\n")
-                _kill(proc)
+                end_process(proc, reaper)
     finally:
         shutil.rmtree(sock_dir, ignore_errors=True)
 
@@ -228,10 +232,3 @@ def _fail_without_process(spec, retry, queue, make_outcome, finish, log_path, er
         return outcome
     finish(outcome)
     return None
-
-
-def _kill(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()

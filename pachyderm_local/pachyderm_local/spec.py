@@ -169,7 +169,13 @@ def _parse_input(node: dict[str, Any], pipeline: str, fail: Any) -> Input:
             compile_glob(glob)
         except ValueError as exc:
             raise fail(f"input.pfs.glob: {exc}") from exc
-        return PfsInput(name=body.get("name") or repo, repo=repo, glob=clean_glob(glob))
+        name = body.get("name") or repo
+        if not isinstance(name, str) or not _REPO_NAME.match(name):
+            raise fail(
+                f"input.pfs.name {name!r} invalid: only alphanumeric characters, underscores, "
+                "and dashes are allowed"
+            )
+        return PfsInput(name=name, repo=repo, glob=clean_glob(glob))
     if kind == "cron":
         cron_name = body.get("name", "")
         if not _REPO_NAME.match(cron_name or ""):
