@@ -324,3 +324,48 @@ def test_processes_started_by_the_runner_are_gone_after_a_normal_run(pl, tmp_pat
     ]
     children = [pid for pid in mine if Path(f"/proc/{pid}/stat").read_text().split()[3] == str(os.getpid())]
     assert children == []
+
+
+# -- env files ---------------------------------------------------------------------------------------
+
+
+def test_a_stray_dot_env_never_overrides_the_spec_env_and_is_named_without_values(pl, tmp_path, monkeypatch):
+    """A ``.env`` may supply what the spec leaves to secrets and what it does not set, nothing else."""
+    src = tmp_path / "x.csv"
+    src.write_text("q\n")
+    pl("put-file", "raw:x.csv", str(src))
+    spec = write_spec(
+        tmp_path,
+        "envs",
+        {"pfs": {"repo": "raw", "glob": "/"}},
+        "env | grep -E '^(PG_|EXTRA)' | sort > /pfs/out/env",
+    )
+    raw = json.loads(Path(spec).read_text())
+    raw["transform"]["env"] = {"PG_SSLMODE": "verify-full"}
+    raw["transform"]["secrets"] = [{"name": "pg", "key": "PG_PASSWORD", "env_var": "PG_PASSWORD"}]
+    Path(spec).write_text(json.dumps(raw))
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    (workdir / ".env").write_text(
+        "PG_SSLMODE=disable-from-dotenv\nPG_PASSWORD=pw-from-dotenv\nEXTRA_SETTING=extra-from-dotenv\n"
+    )
+    monkeypatch.chdir(workdir)
+    monkeypatch.delenv("PG_PASSWORD", raising=False)
+    monkeypatch.delenv("PG_SSLMODE", raising=False)
+    code, _, err = pl("run", spec)
+    assert code == 0, err
+    env = dict(line.split("=", 1) for line in pl("get-file", "envs:env")[1].splitlines())
+    assert env == {
+        "PG_SSLMODE": "verify-full",
+        "PG_PASSWORD": "pw-from-dotenv",
+        "EXTRA_SETTING": "extra-from-dotenv",
+    }
+    assert "PG_SSLMODE from .env ignored: the spec's transform.env sets it" in err
+    assert "taken from .env: EXTRA_SETTING, PG_PASSWORD (values not shown)" in err
+    assert "from-dotenv" not in err
+    log = pl("logs", "--pipeline", "envs")[1]
+    assert "taken from .env: EXTRA_SETTING, PG_PASSWORD" in log and "from-dotenv" not in log
+
+    code, _, err = pl("run", spec, "--env", "PG_SSLMODE=disable")  # explicit: it wins, and re-runs
+    assert code == 0 and "PG_SSLMODE from .env ignored" not in err
+    assert "PG_SSLMODE=disable\n" in pl("get-file", "envs:env")[1]

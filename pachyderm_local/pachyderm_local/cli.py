@@ -201,7 +201,11 @@ def cmd_run(store: Store, args: argparse.Namespace, out: TextIO) -> int:
         secret_dirs[name] = resolve_local_dir(folder)
     process = prepend_path(dict(os.environ), str(Path(sys.executable).parent))
     local = LocalEnv(
-        process=process, files=env_files, flags=parse_assignments(args.env), secret_dirs=secret_dirs
+        process=process,
+        files=env_files,
+        flags=parse_assignments(args.env),
+        secret_dirs=secret_dirs,
+        file_names=", ".join(paths) or "env file",
     )
     settings = RunSettings(max_parallelism=args.max_parallelism, keep_sandboxes=args.keep_sandboxes)
     with store.lock(), GroupReaper() as reaper, _interrupts_raise() as received:
