@@ -307,7 +307,7 @@ class Runner:
         env = plan.env
         env.update(PACH_JOB_ID=job_id, PACH_OUTPUT_COMMIT_ID=job_id, PPS_PIPELINE_NAME=spec.name)
         if datum is not None:
-            env["PACH_DATUM_ID"] = datum.id
+            env.update(PACH_DATUM_ID=datum.id)
             for item in datum.inputs:
                 env[item.name] = str(pfs / item.name) + ("" if item.path == "/" else item.path)
                 env[f"{item.name}_COMMIT"] = item.commit_id
