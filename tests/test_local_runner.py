@@ -242,7 +242,7 @@ def test_missing_input_repo_and_bad_spec_are_clear_errors(pl, tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"pipeline": {"name": "bad"}, "input": {"pfs": {"repo": "r", "glob": "/*"}}}))
     code, _, err = pl("run", str(bad))
-    assert code == 2 and "bad.json: transform.cmd must be a non-empty list" in err
+    assert code == 2 and "bad.json: pipeline must specify a transform" in err
 
 
 def test_mounted_secret_maps_to_a_local_folder_and_stdin_is_rewritten(pl, tmp_path):
