@@ -7,15 +7,19 @@ negation cases were checked against ohmyglob d5b47775 itself."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 from pathlib import Path
 
 import pytest
+from pachyderm_local.cli import main
 from pachyderm_local.cron_spec import CronSpecError, validate_cron_spec
 from pachyderm_local.datums import CommitView, plan_datums
 from pachyderm_local.globs import GlobError, check_glob, expand_glob, glob_matches
+from pachyderm_local.runner import next_tick_name
 from pachyderm_local.spec import SpecError, parse_spec, spec_version
+from pachyderm_local.store import Store
 
 
 def spec(**fields) -> dict:
@@ -279,3 +283,85 @@ def test_ohmyglob_semantics(glob, path, matches):
 def test_globs_ohmyglob_cannot_compile_are_refused(bad):
     with pytest.raises(GlobError):
         check_glob(bad)
+
+
+# -- list-datum, cron ticks, datum ids ---------------------------------------------------------------
+
+
+@pytest.fixture
+def pl(tmp_path, capsys):
+    root = tmp_path / "root"
+
+    def call(*argv: str) -> tuple[int, str, str]:
+        code = main(["--root", str(root), *argv])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    call.root = root  # type: ignore[attr-defined]
+    return call
+
+
+def test_list_datum_shows_the_datums_of_a_spec_without_running_it(pl, tmp_path):
+    src = tmp_path / "src"
+    for rel in ("a.csv", "sub/b.csv", "sub/c.txt"):
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_text(rel)
+    assert pl("put-file", "raw", str(src))[0] == 0
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(spec(input={"pfs": {"repo": "raw", "glob": "/*"}})))
+    code, out, _ = pl("list-datum", "-f", str(path))
+    assert code == 0
+    lines = [line.split("\t") for line in out.splitlines()]
+    assert [files for _, files in lines] == ["raw:/a.csv", "raw:/sub/b.csv raw:/sub/c.txt"]
+    assert all(len(datum_id) == 64 for datum_id, _ in lines)
+    code, out, _ = pl("list-datum", "-f", str(path), "--raw")
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [r["id"] for r in records] == [datum_id for datum_id, _ in lines]
+    assert [i["path"] for r in records for i in r["inputs"]] == ["/a.csv", "/sub/"]
+    assert [f["path"] for f in records[1]["files"]] == ["/sub/b.csv", "/sub/c.txt"]
+    assert Store(pl.root).list_jobs() == []  # nothing ran
+    missing = tmp_path / "m.json"
+    missing.write_text(json.dumps(spec(input={"pfs": {"repo": "nowhere", "glob": "/*"}})))
+    code, _, err = pl("list-datum", "-f", str(missing))
+    assert code == 2 and "input repo 'nowhere' does not exist" in err
+
+
+def test_pach_datum_id_names_the_path_not_the_content(pl, tmp_path):
+    src = tmp_path / "a.csv"
+    src.write_text("one")
+    pl("put-file", "raw:a.csv", str(src))
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(spec(input={"pfs": {"repo": "raw", "glob": "/*"}})))
+    first = json.loads(pl("list-datum", "-f", str(path), "--raw")[1])
+    src.write_text("two")
+    pl("put-file", "raw:a.csv", str(src))
+    second = json.loads(pl("list-datum", "-f", str(path), "--raw")[1])
+    assert first["id"] == second["id"] and first["hash"] != second["hash"]
+
+
+def test_cron_ticks_are_rfc3339_seconds_one_datum_each(pl, tmp_path):
+    path = tmp_path / "clock.json"
+    script = 'ls /pfs/tick > "/pfs/out/$(basename "$tick")"'
+    path.write_text(
+        json.dumps(
+            spec(
+                pipeline={"name": "clock"},
+                input={"cron": {"name": "tick", "spec": "@every 5m"}},
+                transform={"cmd": ["sh", "-c", script]},
+            )
+        )
+    )
+    assert pl("run", str(path))[:2] == (0, "clock: processed=1 skipped=0 failed=0\n")
+    assert pl("run", str(path))[:2] == (0, "clock: processed=1 skipped=1 failed=0\n")  # one datum per tick
+    ticks = sorted(Store(pl.root).head("clock_tick").files)
+    assert len(ticks) == 2 and all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", t) for t in ticks)
+    job = Store(pl.root).list_jobs()[-1]
+    assert [d["inputs"] for d in job["datums"]] == [f"tick:/{ticks[1]}", f"tick:/{ticks[0]}"]
+    assert pl("get-file", f"clock:{ticks[1]}")[1] == ticks[1] + "\n"  # /pfs/tick holds its own tick only
+
+
+def test_next_tick_name_never_repeats_a_tick():
+    now = dt.datetime(2026, 1, 2, 3, 4, 5, 999999, tzinfo=dt.timezone.utc)
+    assert next_tick_name(now, []) == "2026-01-02T03:04:05Z"
+    assert next_tick_name(now, ["2026-01-02T03:04:05Z"]) == "2026-01-02T03:04:06Z"
+    assert next_tick_name(now, ["2026-01-02T03:09:00Z", "x"]) == "2026-01-02T03:09:01Z"

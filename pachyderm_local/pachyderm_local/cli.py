@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -15,12 +16,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
+from .datums import CommitView, plan_datums
 from .envs import EnvFileError, LocalEnv, parse_assignments, parse_env_file
 from .names import InvalidNameError, clean_lookup_path, validate_file_path, validate_id, validate_name
 from .pathmap import UnsafePathError
 from .procs import GroupReaper
 from .runner import RunInterrupted, Runner, RunSettings, prepend_path, resolve_local_dir
-from .spec import SpecError, load_spec
+from .spec import PfsInput, SpecError, leaf_inputs, load_spec
 from .store import Store, StoreError
 
 DEFAULT_ROOT = ".pachyderm-local"
@@ -187,6 +189,34 @@ def cmd_logs(store: Store, args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def cmd_list_datum(store: Store, args: argparse.Namespace, out: TextIO) -> int:
+    """``pachctl list datum -f SPEC``: the datums of the spec over the current input commits (a cron
+    input: its ticks so far); runs nothing."""
+    spec = load_spec(args.file)
+    commits: dict[str, CommitView] = {}
+    for leaf in leaf_inputs(spec.input):
+        if not store.repo_exists(leaf.repo) and isinstance(leaf, PfsInput):
+            raise StoreError(f"{spec.source}: input repo {leaf.repo!r} does not exist")
+        head = store.head(leaf.repo) if store.repo_exists(leaf.repo) else None
+        commits[leaf.repo] = CommitView(head.id, head.shas()) if head else CommitView("", {})
+    for datum in plan_datums(spec.input, commits):
+        files = [(item, f"/{rel}", sha) for item in datum.inputs for rel, sha in item.files]
+        if args.raw:
+            record = {
+                "id": datum.pach_id,
+                "hash": datum.id,
+                "inputs": [
+                    {"name": i.name, "repo": i.repo, "commit": i.commit_id, "path": i.pfs_path}
+                    for i in datum.inputs
+                ],
+                "files": [{"input": i.name, "path": path, "sha256": sha} for i, path, sha in files],
+            }
+            print(json.dumps(record, sort_keys=True), file=out)
+        else:
+            print(f"{datum.pach_id}\t" + " ".join(f"{i.name}:{path}" for i, path, _ in files), file=out)
+    return 0
+
+
 def cmd_run(store: Store, args: argparse.Namespace, out: TextIO) -> int:
     specs = [load_spec(p) for p in args.specs]
     env_files: dict[str, str] = {}
@@ -280,6 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--job")
     p.add_argument("--datum", help="datum id prefix")
     p.set_defaults(func=cmd_logs)
+    p = sub.add_parser("list-datum", help="the datums of a spec over the current inputs (runs nothing)")
+    p.add_argument("-f", "--file", required=True, metavar="SPEC")
+    p.add_argument("--raw", action="store_true", help="one JSON object per datum: id, hash, inputs, files")
+    p.set_defaults(func=cmd_list_datum)
     p = sub.add_parser("run", help="run the specs' DAG once; one summary line per job")
     p.add_argument("specs", nargs="+", metavar="SPEC")
     p.add_argument(

@@ -6,10 +6,11 @@ import contextlib
 import datetime as dt
 import errno
 import os
+import re
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from .spec import CronInput, PfsInput, PipelineSpec, SpecError, leaf_inputs, spe
 from .store import Store, new_id, now
 
 LOG_TAIL_LINES = 30
+_TICK = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 
 
 @dataclass
@@ -178,7 +180,9 @@ class Runner:
             self._finish_job(spec, job_id, version, outcomes, skip, result)
             entries = [_datum_entry(o) for o in outcomes]
         except RunInterrupted:
-            record.update(state="killed", reason="interrupted (SIGTERM or SIGINT)", finished=now())
+            record.update(
+                state="killed", reason="interrupted (SIGTERM or SIGINT)", finished=now(), resumable=True
+            )
             record["datums"] = store.job_journal(job_id)
             store.save_job(record)
             raise
@@ -208,6 +212,7 @@ class Runner:
             + [
                 {
                     "id": d.id,
+                    "datum_id": d.pach_id,
                     "inputs": d.describe(),
                     "state": "skipped",
                     "from_job": store.datum_job(spec.name, version, d.id),
@@ -285,11 +290,12 @@ class Runner:
         result.state = "success"
 
     def _tick(self, cron: CronInput) -> CommitView:
-        """One cron tick: a file named by the current time (microseconds, so two runs never coincide)."""
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        """One cron tick: an empty file named by the time in RFC 3339 (UTC, seconds), as Pachyderm's
+        ``cronTick`` writes it; one datum per tick (glob ``/*``)."""
         sha, size = self.store.put_bytes(b"")
         self.store.create_repo(cron.repo, exist_ok=True)
         previous = self.store.head(cron.repo)
+        stamp = next_tick_name(dt.datetime.now(dt.timezone.utc), previous.files if previous else {})
         files = {} if cron.overwrite or previous is None else dict(previous.files)
         files[stamp] = {"sha256": sha, "size": size}
         commit = self.store.write_commit(cron.repo, files, origin=f"cron:{cron.schedule}")
@@ -305,16 +311,19 @@ class Runner:
         path_map = self._path_map(spec, pfs)
         plan = job_env(spec, self.local, path_map)
         env = plan.env
-        env.update(PACH_JOB_ID=job_id, PACH_OUTPUT_COMMIT_ID=job_id, PPS_PIPELINE_NAME=spec.name)
+        env.update(
+            PPS_PIPELINE_NAME=spec.name,
+            PPS_PROJECT_NAME=spec.project,
+            PPS_SPEC_COMMIT=spec_version(spec, effective_spec_env(spec, self.local)),
+            PPS_POD_NAME=f"pachyderm-local-{spec.name}",
+            PACH_JOB_ID=job_id,
+            PACH_OUTPUT_COMMIT_ID=job_id,
+        )
         if datum is not None:
-            env.update(PACH_DATUM_ID=datum.id)
-            for item in datum.inputs:
-                env[item.name] = str(pfs / item.name) + ("" if item.path == "/" else item.path)
-                env[f"{item.name}_COMMIT"] = item.commit_id
+            env.update(datum_variables(datum, pfs))
         else:
             for leaf in leaf_inputs(spec.input):
-                if isinstance(leaf, PfsInput):
-                    env[leaf.name] = str(pfs / leaf.name)
+                env[leaf.name] = str(pfs / leaf.name)
         if bin_dir is not None:
             prepend_path(env, str(bin_dir))
         stdin = path_map.apply("\n".join(spec.stdin)) + "\n" if spec.stdin else None
@@ -344,7 +353,7 @@ class Runner:
             shutil.rmtree(sandbox, ignore_errors=True)
             pfs = sandbox / "pfs"
             with disk_full_is_a_job_failure("laying out a datum's sandbox"):
-                self._layout(datum, pfs)
+                self._layout(job_id, datum, pfs)
             command, notes = self.datum_command(spec, job_id, pfs, datum)
             with open(log_path, "a", encoding="utf-8") as log:
                 log.write(f"--- {now()} try {attempt}/{spec.datum_tries} datum {datum.describe()}\n")
@@ -422,7 +431,7 @@ class Runner:
                 worker_dir=job_dir / f"worker-{slot}",
                 queue=queue,
                 make_outcome=lambda d: _DatumOutcome(d, ok=False),
-                layout=self._layout,
+                layout=lambda d, pfs: self._layout(job_id, d, pfs),
                 collect=collect,
                 finish=finish,
                 command=lambda pfs: self.datum_command(spec, job_id, pfs, None, bin_dir)[0],
@@ -454,7 +463,7 @@ class Runner:
         )
         return PathMap.of(mapping)
 
-    def _layout(self, datum: Datum, pfs: Path) -> None:
+    def _layout(self, job_id: str, datum: Datum, pfs: Path) -> None:
         """Fresh ``/pfs/<input>`` folders holding the datum's files, and an empty ``/pfs/out``."""
         shutil.rmtree(pfs, ignore_errors=True)
         (pfs / "out").mkdir(parents=True)
@@ -463,6 +472,7 @@ class Runner:
             for rel, sha in item.files:
                 # Commits hold validated paths; checked again so a hand-edited store cannot escape /pfs.
                 self.store.materialize(sha, pfs / item.name / validate_file_path(rel))
+        write_env_file(pfs, job_id, datum)
 
     def _collect_output(
         self, spec: PipelineSpec, version: str, job_id: str, datum: Datum, pfs: Path
@@ -491,10 +501,39 @@ class Runner:
         )
 
 
+def next_tick_name(now: dt.datetime, existing: Iterable[str]) -> str:
+    """RFC 3339 in seconds (``2026-01-02T03:04:05Z``), after every existing tick: a run is one tick, and
+    two runs in one second are still two ticks (Pachyderm's scheduled times never repeat)."""
+    names = [n for n in existing if _TICK.match(n)]
+    tick = now.astimezone(dt.timezone.utc).replace(microsecond=0, tzinfo=None)
+    if names:
+        latest = dt.datetime.strptime(max(names), "%Y-%m-%dT%H:%M:%SZ")
+        tick = max(tick, latest + dt.timedelta(seconds=1))
+    return tick.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def datum_variables(datum: Datum, pfs: Path) -> dict[str, str]:
+    """Pachyderm's per-datum variables (``driver.UserCodeEnv``), with ``/pfs`` at the sandbox ``pfs``."""
+    env = {"PACH_DATUM_ID": datum.pach_id, "FILESET_ID": datum.id}
+    for item in datum.inputs:
+        env[item.name] = str(pfs / item.name) + ("" if item.path == "/" else item.path)
+        env[f"{item.name}_COMMIT"] = item.commit_id
+    return env
+
+
+def write_env_file(pfs: Path, job_id: str, datum: Datum) -> None:
+    """``/pfs/.env`` (Pachyderm >= 2.6 writes one per datum): the only place batched user code finds the
+    current datum's variables. Locally it holds Pachyderm's variables only, never the process environment
+    or secrets (Pachyderm writes its whole environment there)."""
+    variables = {"PACH_JOB_ID": job_id, "PACH_OUTPUT_COMMIT_ID": job_id, **datum_variables(datum, pfs)}
+    (pfs / ".env").write_text("".join(f"{k}={v}\n" for k, v in variables.items()), encoding="utf-8")
+
+
 def _datum_entry(outcome: _DatumOutcome) -> dict[str, Any]:
     """A processed datum as the job record (and its journal) stores it."""
     return {
         "id": outcome.datum.id,
+        "datum_id": outcome.datum.pach_id,
         "inputs": outcome.datum.describe(),
         "state": "success" if outcome.ok else "failed",
         "tries": outcome.tries,
@@ -513,7 +552,7 @@ def disk_full_is_a_job_failure(doing: str) -> Iterator[None]:
             raise
         raise DiskFullError(
             f"no space left on the device while {doing} ({exc.filename or 'the store'}); "
-            "free space and run again: finished datums are kept"
+            "free space and run again"
         ) from None
 
 

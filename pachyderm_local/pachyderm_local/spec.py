@@ -82,6 +82,7 @@ class PipelineSpec:
     job_timeout_s: float | None = None
     reprocess_every_job: bool = False
     datum_batching: bool = False
+    project: str = "default"
     #: the spec as protojson would print it back (proto field names, defaults left out)
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -193,6 +194,7 @@ def parse_spec(raw: Any, source: str = "<spec>") -> PipelineSpec:
         job_timeout_s=_seconds(request, "job_timeout"),
         reprocess_every_job=request.reprocess_spec == "every_job",
         datum_batching=transform.datum_batching,
+        project=request.pipeline.project.name or "default",
         raw=json_format.MessageToDict(request, preserving_proto_field_name=True),
     )
 

@@ -264,6 +264,7 @@ class Store:
             entries = self.job_journal(record["id"])
             record.update(
                 state="killed",
+                resumable=True,
                 reason="the runner stopped before the job finished",
                 finished=now(),
                 processed=sum(e["state"] == "success" for e in entries),
@@ -303,12 +304,14 @@ class Store:
         return self.root / "datums" / pipeline / version
 
     def base_job_datums(self, pipeline: str, version: str) -> set[str]:
-        """Datums a new job may reuse: those of the pipeline's last successful job (its *base*, as Pachyderm
-        calls it), plus those that succeeded in failed jobs since, so a retry reruns only the failures.
+        """Datums a new job may reuse: those of the pipeline's last successful job (its *base*, as
+        Pachyderm's ``pending_job.go`` picks it), plus those finished by jobs interrupted since.
 
-        Pachyderm reuses only the base job's datums: a datum that succeeded in an older job (a file deleted,
-        then put back) runs again, so a pipeline with side effects (pg-load) sees the input come back.
-        Nothing is reused across spec versions.
+        A failed job is never a base and its successes are not reused: they run again, as in Pachyderm.
+        An interrupted job (the runner was killed) stands for the job Pachyderm would resume, so what it
+        finished is kept. A datum that succeeded only in an older job (a file deleted, then put back)
+        runs again, so a pipeline with side effects (pg-load) sees the input come back. Nothing is
+        reused across spec versions.
         """
         reusable: set[str] = set()
         for job in reversed(self.list_jobs()):
@@ -316,10 +319,13 @@ class Store:
                 continue
             if job.get("spec_version") != version:
                 break
-            states = ("success", "skipped") if job["state"] == "success" else ("success",)
-            reusable |= {d["id"] for d in job.get("datums", []) if d.get("state") in states}
             if job["state"] == "success":
+                reusable |= {
+                    d["id"] for d in job.get("datums", []) if d.get("state") in ("success", "skipped")
+                }
                 break
+            if job["state"] == "killed" and job.get("resumable"):
+                reusable |= {d["id"] for d in job.get("datums", []) if d.get("state") == "success"}
         return reusable
 
     def done_datums(self, pipeline: str, version: str) -> set[str]:
