@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from .batching import DatumQueue, serve_worker, write_pachctl
+from .batching import DatumQueue, UserCodeExited, datum_sets, serve_worker, write_pachctl
 from .dag import downstream_of, pipeline_order
 from .datums import CommitView, Datum, plan_datums, split_done
 from .envs import LocalEnv, effective_spec_env, job_env
@@ -64,6 +64,10 @@ class _DatumOutcome:
 
 class DiskFullError(Exception):
     """The store's disk is full: the job fails with one line; a rerun after freeing space completes."""
+
+
+class JobKilled(Exception):
+    """The job was killed (``job_timeout``), as Pachyderm kills it: state ``killed``, nothing committed."""
 
 
 class RunInterrupted(BaseException):
@@ -175,8 +179,24 @@ class Runner:
         def journal(outcome: _DatumOutcome) -> None:
             store.append_job_datum(job_id, _datum_entry(outcome))
 
+        self._stop = threading.Event()
+        timed_out = threading.Event()
+
+        def job_timeout() -> None:
+            timed_out.set()
+            self._stop.set()
+            self.reaper.kill_all()
+
+        timer = threading.Timer(spec.job_timeout_s, job_timeout) if spec.job_timeout_s is not None else None
+        if timer is not None:
+            timer.daemon = True
+            timer.start()
         try:
             outcomes = self._run_datums(spec, job_id, todo, version, parallelism, journal)
+            if timer is not None:
+                timer.cancel()
+            if timed_out.is_set():
+                raise JobKilled(f"job timed out after {spec.job_timeout_s:g}s (job_timeout)")
             self._finish_job(spec, job_id, version, outcomes, skip, result)
             entries = [_datum_entry(o) for o in outcomes]
         except RunInterrupted:
@@ -186,17 +206,27 @@ class Runner:
             record["datums"] = store.job_journal(job_id)
             store.save_job(record)
             raise
-        except DiskFullError as exc:
+        except (DiskFullError, UserCodeExited, JobKilled) as caught:
+            # a user code killed by the job timeout may report something else first
+            stopped: Exception = (
+                JobKilled(f"job timed out after {spec.job_timeout_s:g}s (job_timeout)")
+                if timed_out.is_set()
+                else caught
+            )
             entries = store.job_journal(job_id)
-            result.state, result.reason = "failure", str(exc)
+            result.state = "killed" if isinstance(stopped, JobKilled) else "failure"
+            result.reason = str(stopped)
             result.processed = sum(e["state"] == "success" for e in entries)
             result.failed = sum(e["state"] == "failed" for e in entries)
-            self.say(f"{spec.name}: job {job_id[:12]} failed: {exc}")
+            verb = "was killed" if result.state == "killed" else "failed"
+            self.say(f"{spec.name}: job {job_id[:12]} {verb}: {stopped}")
         except Exception as exc:  # a runner fault, not a datum's: the job must not stay "running" forever
             record.update(state="failure", reason=f"runner error: {exc}", finished=now())
             store.save_job(record)
             raise
         finally:
+            if timer is not None:
+                timer.cancel()
             if not self.settings.keep_sandboxes:
                 shutil.rmtree(store.sandbox_dir(job_id), ignore_errors=True)
         record.update(
@@ -406,7 +436,16 @@ class Runner:
         job_dir = store.sandbox_dir(job_id)
         bin_dir = job_dir / "bin"
         write_pachctl(bin_dir)
-        queue = DatumQueue(list(todo))
+        set_spec = spec.raw.get("datum_set_spec", {})
+        sets = datum_sets(
+            todo,
+            spec.parallelism,
+            number=int(set_spec.get("number", 0)),
+            size_bytes=int(set_spec.get("size_bytes", 0)),
+            per_worker=int(set_spec.get("per_worker", 0)),
+            size_of=lambda d: sum(self.store.object_size(sha) for i in d.inputs for _, sha in i.files),
+        )
+        queue = DatumQueue(sets)
         counter = iter(range(1, len(todo) + 1))
         finished: dict[str, _DatumOutcome] = {}
         lock = threading.Lock()
@@ -429,7 +468,7 @@ class Runner:
             serve_worker(
                 spec=spec,
                 worker_dir=job_dir / f"worker-{slot}",
-                queue=queue,
+                sets=queue,
                 make_outcome=lambda d: _DatumOutcome(d, ok=False),
                 layout=lambda d, pfs: self._layout(job_id, d, pfs),
                 collect=collect,
@@ -442,7 +481,7 @@ class Runner:
 
         pool = ThreadPoolExecutor(max_workers=parallelism)
         try:
-            for future in [pool.submit(worker, n) for n in range(min(parallelism, len(todo)))]:
+            for future in [pool.submit(worker, n) for n in range(min(parallelism, len(sets)))]:
                 future.result()
         except BaseException:
             self._stop.set()

@@ -140,6 +140,9 @@ class Store:
     def object_path(self, sha: str) -> Path:
         return self.root / "objects" / sha[:2] / sha
 
+    def object_size(self, sha: str) -> int:
+        return self.object_path(sha).stat().st_size
+
     def put_object(self, source: Path) -> tuple[str, int]:
         """Store a file's content; returns (sha256, size). Known content is not copied again."""
         digest = hashlib.sha256()
