@@ -365,3 +365,19 @@ def test_next_tick_name_never_repeats_a_tick():
     assert next_tick_name(now, []) == "2026-01-02T03:04:05Z"
     assert next_tick_name(now, ["2026-01-02T03:04:05Z"]) == "2026-01-02T03:04:06Z"
     assert next_tick_name(now, ["2026-01-02T03:09:00Z", "x"]) == "2026-01-02T03:09:01Z"
+
+
+def test_cross_and_union_children_are_sorted_as_pachd_sorts_them():
+    """pps.SortInput runs before names get their default: an unnamed pfs input and a cron sort as ""."""
+    parsed = parse_spec(
+        spec(
+            input={
+                "cross": [
+                    {"pfs": {"repo": "b", "name": "zeta", "glob": "/"}},
+                    {"pfs": {"repo": "c", "name": "alpha", "glob": "/"}},
+                    {"pfs": {"repo": "a", "glob": "/"}},
+                ]
+            }
+        )
+    )
+    assert [child.name for child in parsed.input.children] == ["a", "alpha", "zeta"]

@@ -176,7 +176,7 @@ def parse_spec(raw: Any, source: str = "<spec>") -> PipelineSpec:
     tries = request.datum_tries
     if tries == 0:
         tries = DEFAULT_DATUM_TRIES
-    node = _input(request.input, name, fail)
+    node, _ = _input(request.input, name, fail)
     _check_names(node, set(), fail)
     return PipelineSpec(
         name=name,
@@ -206,7 +206,10 @@ def _seconds(request: pps_pb2.CreatePipelineRequest, name: str) -> float | None:
     return value.seconds + value.nanos / 1e9
 
 
-def _input(node: pps_pb2.Input, pipeline: str, fail: Any) -> Input:
+def _input(node: pps_pb2.Input, pipeline: str, fail: Any) -> tuple[Input, str]:
+    """The input tree and its sort key. As ``pps.SortInput`` (run by pachd before input names get their
+    default), the children of a cross or union are sorted stably by ``InputName``: a pfs input's
+    explicit name (an unnamed one sorts as ""), "" for cron, a cross or union's first child's."""
     kinds = [f.name for f, _ in node.ListFields()]
     if len(kinds) > 1:
         raise fail(f"multiple input types set ({', '.join(kinds)})")
@@ -234,7 +237,7 @@ def _input(node: pps_pb2.Input, pipeline: str, fail: Any) -> Input:
             check_glob(pfs.glob)
         except GlobError as exc:
             raise fail(f"input.pfs.glob: {exc}") from exc
-        return PfsInput(name=pfs.name or pfs.repo, repo=pfs.repo, glob=clean_glob(pfs.glob))
+        return PfsInput(name=pfs.name or pfs.repo, repo=pfs.repo, glob=clean_glob(pfs.glob)), pfs.name
     if kind == "cron":
         cron = node.cron
         try:
@@ -246,10 +249,12 @@ def _input(node: pps_pb2.Input, pipeline: str, fail: Any) -> Input:
             repo=cron.repo or f"{pipeline}_{cron.name}",
             schedule=cron.spec,
             overwrite=cron.overwrite,
-        )
+        ), ""
     if kind in ("cross", "union"):
-        children = tuple(_input(child, pipeline, fail) for child in getattr(node, kind))
-        return CrossInput(children) if kind == "cross" else UnionInput(children)
+        keyed = sorted((_input(child, pipeline, fail) for child in getattr(node, kind)), key=lambda c: c[1])
+        children = tuple(child for child, _ in keyed)
+        key = keyed[0][1] if keyed else ""
+        return (CrossInput(children) if kind == "cross" else UnionInput(children)), key
     raise fail(f"input type {kind!r} is not supported by pachyderm-local (pfs, cron, cross, union are)")
 
 
