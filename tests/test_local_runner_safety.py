@@ -369,3 +369,25 @@ def test_a_stray_dot_env_never_overrides_the_spec_env_and_is_named_without_value
     code, _, err = pl("run", spec, "--env", "PG_SSLMODE=disable")  # explicit: it wins, and re-runs
     assert code == 0 and "PG_SSLMODE from .env ignored" not in err
     assert "PG_SSLMODE=disable\n" in pl("get-file", "envs:env")[1]
+
+
+def test_job_timeout_kills_the_job_and_every_datum_process(pl, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("a", "b"):
+        (src / name).write_text(name)
+    pl("put-file", "raw", str(src))
+    pids = tmp_path / "pids"
+    spec = write_spec(
+        tmp_path,
+        "slow",
+        {"pfs": {"repo": "raw", "glob": "/*"}},
+        f"sleep 300 & echo $! >> {pids}; echo $$ >> {pids}; wait",
+        job_timeout="1s",
+    )
+    code, out, err = pl("run", spec)
+    assert out.strip() == "slow: processed=0 skipped=0 failed=1"  # the datum in flight; the other never ran
+    assert code == 1 and "slow: job" in err and "was killed: job timed out after 1s (job_timeout)" in err
+    job = Store(pl.root).list_jobs()[-1]
+    assert job["state"] == "killed" and Store(pl.root).head("slow") is None
+    assert pids_in(pids) and not any(alive(p) for p in pids_in(pids))

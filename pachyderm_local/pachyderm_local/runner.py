@@ -376,8 +376,10 @@ class Runner:
         started = time.monotonic()
         for attempt in range(1, spec.datum_tries + 1):
             if self._stop.is_set():
-                outcome.error = "not run: the job was stopped"
-                return outcome
+                if attempt == 1:  # never started: not recorded as processed
+                    outcome.error = "not run: the job was stopped"
+                    return outcome
+                break
             outcome.tries = attempt
             sandbox = store.sandbox_dir(job_id) / f"{datum.id[:16]}-{attempt}"
             shutil.rmtree(sandbox, ignore_errors=True)
