@@ -61,6 +61,8 @@ def spec(**fields) -> dict:
         ),
         (spec(input={"cron": {"name": "t", "spec": "61 * * * *"}}), "End of range (61) above maximum (59)"),
         (spec(input={"pfs": {"repo": "raw", "glob": "/[abc"}}), "unexpected end of input"),
+        (spec(transform={"cmd": ["true"], "err_cmd": ["true"]}), "transform.err_cmd is not supported"),
+        (spec(output_branch="staging"), "only has the 'master' branch"),
     ],
 )
 def test_specs_pachctl_refuses_are_refused_naming_the_field(raw, message):

@@ -337,7 +337,8 @@ class Runner:
     ) -> tuple[DatumCommand, list[str]]:
         """The one place a datum process is described: argv, environment and stdin, with ``/pfs`` mapped
         to the sandbox ``pfs``; plus notes for the log. ``datum`` is None for a batching worker, whose
-        process outlives single datums."""
+        process outlives single datums: as in Pachyderm it gets no per-datum variables (they are in
+        ``/pfs/.env``)."""
         path_map = self._path_map(spec, pfs)
         plan = job_env(spec, self.local, path_map)
         env = plan.env
@@ -351,9 +352,6 @@ class Runner:
         )
         if datum is not None:
             env.update(datum_variables(datum, pfs))
-        else:
-            for leaf in leaf_inputs(spec.input):
-                env[leaf.name] = str(pfs / leaf.name)
         if bin_dir is not None:
             prepend_path(env, str(bin_dir))
         stdin = path_map.apply("\n".join(spec.stdin)) + "\n" if spec.stdin else None

@@ -163,6 +163,10 @@ def parse_spec(raw: Any, source: str = "<spec>") -> PipelineSpec:
     if not request.HasField("transform"):
         raise fail("pipeline must specify a transform")
     transform = request.transform
+    if transform.err_cmd or transform.err_stdin:
+        raise fail("transform.err_cmd is not supported by pachyderm-local (a failed datum stays failed)")
+    if request.output_branch not in ("", "master"):
+        raise fail("output_branch: pachyderm-local only has the 'master' branch")
     if not transform.cmd:
         raise fail("transform.cmd must be a non-empty list of strings (the image's entrypoint is not known)")
     if not request.HasField("input"):
