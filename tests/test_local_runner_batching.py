@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from pachyderm_local.batching import datum_sets
 from pachyderm_local.cli import main
+from pachyderm_local.datums import Datum, DatumInput
 from pachyderm_local.store import Store
 
 # Counts its own starts, then upper-cases each datum into /pfs/out after every `pachctl next datum`.
@@ -231,3 +233,22 @@ def test_the_user_code_starts_once_per_datum_set(tmp_path, run):
     put(run, root, tmp_path / "src", {f"f{i:02d}": "x\n" for i in range(15)})
     assert run(root, "run", batched_spec(tmp_path, counter, set_size=None))[0] == 0
     assert starts(counter) == 5
+
+
+@pytest.mark.parametrize(
+    ("count", "workers", "spec", "sizes"),
+    [
+        (15, 1, {}, [3, 3, 3, 3, 3]),  # 15 // (1 x 4)
+        (3, 4, {}, [1, 1, 1]),  # 3 // 16 is 0: at least 1
+        (40, 4, {}, [2] * 20),
+        (15, 1, {"number": 5}, [5, 5, 5]),
+        (7, 1, {"number": 5}, [5, 2]),
+        (12, 2, {"per_worker": 1}, [6, 6]),
+        (6, 1, {"size_bytes": 25}, [3, 3]),  # 10 bytes each: a set closes once it reached 25
+    ],
+)
+def test_datum_sets_are_cut_as_pachyderm_cuts_them(count, workers, spec, sizes):
+    datums = [Datum((DatumInput("in", "raw", "c", f"/f{i}", ((f"f{i}", "h"),)),)) for i in range(count)]
+    sets = datum_sets(datums, workers, size_of=lambda d: 10, **spec)
+    assert [len(s) for s in sets] == sizes
+    assert [d for s in sets for d in s] == datums  # order kept
