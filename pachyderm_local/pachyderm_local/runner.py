@@ -271,7 +271,17 @@ class Runner:
         pool = ThreadPoolExecutor(max_workers=parallelism)
         try:
             futures = [
-                pool.submit(self._run_datum, spec, job_id, d, version, counter, len(todo), journal)
+                pool.submit(
+                    self._stop_job_on_error,
+                    self._run_datum,
+                    spec,
+                    job_id,
+                    d,
+                    version,
+                    counter,
+                    len(todo),
+                    journal,
+                )
                 for d in todo
             ]
             return [f.result() for f in futures]
@@ -281,6 +291,15 @@ class Runner:
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+
+    def _stop_job_on_error(self, work: Callable[..., Any], *args: Any) -> Any:
+        """Run a pool task; a runner fault in it (a full disk, batched code that exits early) stops the
+        job's other datums before they start, whatever thread notices first."""
+        try:
+            return work(*args)
+        except BaseException:
+            self._stop.set()
+            raise
 
     def _finish_job(
         self,
@@ -481,7 +500,10 @@ class Runner:
 
         pool = ThreadPoolExecutor(max_workers=parallelism)
         try:
-            for future in [pool.submit(worker, n) for n in range(min(parallelism, len(sets)))]:
+            workers = [
+                pool.submit(self._stop_job_on_error, worker, n) for n in range(min(parallelism, len(sets)))
+            ]
+            for future in workers:
                 future.result()
         except BaseException:
             self._stop.set()
