@@ -3,7 +3,9 @@ collisions, cron ticks, Pachyderm's environment and the per-job summary lines.""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import struct
 from pathlib import Path
 
 import pytest
@@ -187,8 +189,8 @@ def test_two_datums_writing_one_path_fail_the_job_and_block_downstream(pl, tmp_p
 def test_datum_sees_pachyderm_env_and_input_paths(pl, tmp_path):
     pl("put-file", "raw", str(make_files(tmp_path / "src", {"dir/x.csv": "1"})))
     script = (
-        "env | grep -E '^(PACH_|PPS_|raw|QA_MODEL|SECRET_TOKEN)' | sort > /pfs/out/env; "
-        "ls $raw > /pfs/out/ls; cat /pfs/raw/dir/x.csv >> /pfs/out/ls"
+        "env | grep -E '^(PACH_|PPS_|FILESET_ID|raw|QA_MODEL|SECRET_TOKEN)' | sort > /pfs/out/env; "
+        "ls $raw > /pfs/out/ls; cat /pfs/raw/dir/x.csv >> /pfs/out/ls; cp /pfs/.env /pfs/out/dotenv"
     )
     spec = write_spec(
         tmp_path,
@@ -209,8 +211,21 @@ def test_datum_sees_pachyderm_env_and_input_paths(pl, tmp_path):
     job = Store(pl.root).list_jobs()[-1]
     input_commit = Store(pl.root).head("raw").id
     assert env["PACH_JOB_ID"] == job["id"] == env["PACH_OUTPUT_COMMIT_ID"]
-    assert env["PACH_DATUM_ID"] == job["datums"][0]["id"]
-    assert env["PPS_PIPELINE_NAME"] == "envcheck"
+    assert env["PACH_DATUM_ID"] == job["datums"][0]["datum_id"]
+    # worker/common DatumID: BLAKE2b-256 of name, repo, branch and path (a folder ends with '/'), each
+    # followed by its length as a big-endian int64
+    digest = hashlib.blake2b(digest_size=32)
+    for part in (b"raw", b"raw", b"master", b"/dir/"):
+        digest.update(part + struct.pack(">q", len(part)))
+    assert env["PACH_DATUM_ID"] == digest.hexdigest()
+    assert env["FILESET_ID"] == job["datums"][0]["id"]
+    assert env["PPS_PIPELINE_NAME"] == "envcheck" and env["PPS_PROJECT_NAME"] == "default"
+    assert env["PPS_SPEC_COMMIT"] == job["spec_version"] and env["PPS_POD_NAME"]
+    dotenv = dict(line.split("=", 1) for line in pl("get-file", "envcheck:dotenv")[1].splitlines())
+    assert {k: v for k, v in env.items() if k in dotenv} == dotenv
+    assert set(dotenv) == {"PACH_JOB_ID", "PACH_OUTPUT_COMMIT_ID", "PACH_DATUM_ID", "FILESET_ID", "raw"} | {
+        "raw_COMMIT"
+    }  # Pachyderm's variables only: no secret lands on disk
     assert env["raw"].endswith("/pfs/raw/dir") and str(pl.root) in env["raw"]
     assert env["raw_COMMIT"] == input_commit
     assert env["QA_MODEL"] == "/models/tiny" and env["SECRET_TOKEN"] == "from-env-file"
@@ -242,7 +257,7 @@ def test_missing_input_repo_and_bad_spec_are_clear_errors(pl, tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"pipeline": {"name": "bad"}, "input": {"pfs": {"repo": "r", "glob": "/*"}}}))
     code, _, err = pl("run", str(bad))
-    assert code == 2 and "bad.json: transform.cmd must be a non-empty list" in err
+    assert code == 2 and "bad.json: pipeline must specify a transform" in err
 
 
 def test_mounted_secret_maps_to_a_local_folder_and_stdin_is_rewritten(pl, tmp_path):
@@ -297,7 +312,8 @@ def test_a_file_deleted_then_put_back_is_processed_again_downstream(pl, tmp_path
     assert "count: processed=0 skipped=1 failed=0" in pl("run", count)[1]  # unchanged since: skipped
 
 
-def test_after_a_failed_job_only_its_failed_datums_run_again(pl, tmp_path):
+def test_a_failed_job_is_never_a_base_so_its_successes_run_again(pl, tmp_path):
+    """pending_job.go: the base is the newest job whose commits carry no error."""
     src = make_files(tmp_path / "src", {"a.txt": "apple\n", "b.txt": "banana\n"})
     pl("put-file", "raw", str(src))
     marker = tmp_path / "break-b"
@@ -311,7 +327,8 @@ def test_after_a_failed_job_only_its_failed_datums_run_again(pl, tmp_path):
     )
     assert "copy: processed=1 skipped=0 failed=1" in pl("run", spec)[1]
     marker.unlink()
-    assert "copy: processed=1 skipped=1 failed=0" in pl("run", spec)[1]  # a.txt's success is reused
+    assert "copy: processed=2 skipped=0 failed=0" in pl("run", spec)[1]  # a.txt runs again
+    assert "copy: processed=0 skipped=2 failed=0" in pl("run", spec)[1]
     assert pl("get-file", "copy:b.txt")[1] == "banana\n"
 
 

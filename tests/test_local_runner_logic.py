@@ -62,10 +62,14 @@ def test_star_never_crosses_a_slash_and_root_only_matches_slash():
     assert glob_matches("/sub", "/sub/")
 
 
-@pytest.mark.parametrize("bad", ["/[abc", "/{a,b"])
-def test_broken_glob_is_an_error(bad):
+@pytest.mark.parametrize("bad", ["/[abc", "/^(a)", "/[]"])
+def test_a_glob_ohmyglob_cannot_compile_is_an_error(bad):
     with pytest.raises(GlobError):
         compile_glob(bad)
+
+
+def test_an_unclosed_brace_is_accepted_as_ohmyglob_does():
+    assert expand_glob("/{a.csv,b.txt", FILES) == ["/a.csv", "/b.txt"]
 
 
 def test_a_directory_datum_holds_everything_below_it():

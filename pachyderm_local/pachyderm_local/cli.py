@@ -6,27 +6,38 @@ This is the composition root: flags and environment are read here once and passe
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
+from .datums import CommitView, plan_datums
 from .envs import EnvFileError, LocalEnv, parse_assignments, parse_env_file
+from .names import InvalidNameError, clean_lookup_path, validate_file_path, validate_id, validate_name
 from .pathmap import UnsafePathError
-from .runner import Runner, RunSettings, prepend_path, resolve_local_dir
-from .spec import SpecError, load_spec
+from .procs import GroupReaper
+from .runner import RunInterrupted, Runner, RunSettings, prepend_path, resolve_local_dir
+from .spec import PfsInput, SpecError, leaf_inputs, load_spec
 from .store import Store, StoreError
 
 DEFAULT_ROOT = ".pachyderm-local"
+#: fault point for tests: the store's object writes fail with ENOSPC after this many bytes
+DISK_FULL_FAULT_ENV = "PACHYDERM_LOCAL_FAULT_DISK_FULL_AFTER"
 
 
 def _split_ref(ref: str) -> tuple[str, str | None, str]:
-    """``repo[@commit][:path]`` -> (repo, commit or None, path without leading slash)."""
+    """``repo[@commit][:path]`` -> (repo, commit or None, raw path); the repo and commit are validated."""
     head, _, path = ref.partition(":")
     repo, _, commit = head.partition("@")
+    validate_name("repo", repo)
     if commit in ("", "master"):
         commit = ""
-    return repo, commit or None, path.strip("/")
+    return repo, (validate_id("commit", commit) if commit else None), path
 
 
 def _human(size: int) -> str:
@@ -46,9 +57,10 @@ def cmd_create_repo(store: Store, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_put_file(store: Store, args: argparse.Namespace, out: TextIO) -> int:
-    repo, commit, target = _split_ref(args.dest)
+    repo, commit, raw_target = _split_ref(args.dest)
     if commit:
         raise StoreError("put-file writes to the branch head; drop '@commit'")
+    target = validate_file_path(raw_target) if raw_target.strip("/") else ""
     sources = [Path(f) for f in args.files]
     single_file = len(sources) == 1 and sources[0].is_file() and target and not args.dest.endswith("/")
     with store.lock():
@@ -71,6 +83,10 @@ def cmd_put_file(store: Store, args: argparse.Namespace, out: TextIO) -> int:
             else:
                 pairs = [(source, "/".join(filter(None, [target, source.name])))]
             for path, rel in pairs:
+                try:
+                    rel = validate_file_path(rel)
+                except InvalidNameError as exc:
+                    raise StoreError(f"put-file: {path}: {exc}") from exc
                 sha, size = store.put_object(path)
                 files[rel] = {"sha256": sha, "size": size}
                 added += 1
@@ -80,7 +96,8 @@ def cmd_put_file(store: Store, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_delete_file(store: Store, args: argparse.Namespace, out: TextIO) -> int:
-    repo, _, target = _split_ref(args.ref)
+    repo, _, raw_target = _split_ref(args.ref)
+    target = clean_lookup_path(raw_target)
     with store.lock():
         head = store.head(repo)
         files = dict(head.files) if head else {}
@@ -105,7 +122,8 @@ def cmd_list_repos(store: Store, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_list_files(store: Store, args: argparse.Namespace, out: TextIO) -> int:
-    repo, commit_id, prefix = _split_ref(args.ref)
+    repo, commit_id, raw_prefix = _split_ref(args.ref)
+    prefix = clean_lookup_path(raw_prefix)
     commit = store.resolve(repo, commit_id)
     if commit is None:
         print(f"{repo} has no commits", file=sys.stderr)
@@ -117,7 +135,8 @@ def cmd_list_files(store: Store, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_get_file(store: Store, args: argparse.Namespace, out: TextIO) -> int:
-    repo, commit_id, path = _split_ref(args.ref)
+    repo, commit_id, raw_path = _split_ref(args.ref)
+    path = clean_lookup_path(raw_path)
     commit = store.resolve(repo, commit_id)
     if commit is None or path not in commit.files:
         raise StoreError(f"get-file: {args.ref} not found")
@@ -170,6 +189,34 @@ def cmd_logs(store: Store, args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def cmd_list_datum(store: Store, args: argparse.Namespace, out: TextIO) -> int:
+    """``pachctl list datum -f SPEC``: the datums of the spec over the current input commits (a cron
+    input: its ticks so far); runs nothing."""
+    spec = load_spec(args.file)
+    commits: dict[str, CommitView] = {}
+    for leaf in leaf_inputs(spec.input):
+        if not store.repo_exists(leaf.repo) and isinstance(leaf, PfsInput):
+            raise StoreError(f"{spec.source}: input repo {leaf.repo!r} does not exist")
+        head = store.head(leaf.repo) if store.repo_exists(leaf.repo) else None
+        commits[leaf.repo] = CommitView(head.id, head.shas()) if head else CommitView("", {})
+    for datum in plan_datums(spec.input, commits):
+        files = [(item, f"/{rel}", sha) for item in datum.inputs for rel, sha in item.files]
+        if args.raw:
+            record = {
+                "id": datum.pach_id,
+                "hash": datum.id,
+                "inputs": [
+                    {"name": i.name, "repo": i.repo, "commit": i.commit_id, "path": i.pfs_path}
+                    for i in datum.inputs
+                ],
+                "files": [{"input": i.name, "path": path, "sha256": sha} for i, path, sha in files],
+            }
+            print(json.dumps(record, sort_keys=True), file=out)
+        else:
+            print(f"{datum.pach_id}\t" + " ".join(f"{i.name}:{path}" for i, path, _ in files), file=out)
+    return 0
+
+
 def cmd_run(store: Store, args: argparse.Namespace, out: TextIO) -> int:
     specs = [load_spec(p) for p in args.specs]
     env_files: dict[str, str] = {}
@@ -184,12 +231,46 @@ def cmd_run(store: Store, args: argparse.Namespace, out: TextIO) -> int:
         secret_dirs[name] = resolve_local_dir(folder)
     process = prepend_path(dict(os.environ), str(Path(sys.executable).parent))
     local = LocalEnv(
-        process=process, files=env_files, flags=parse_assignments(args.env), secret_dirs=secret_dirs
+        process=process,
+        files=env_files,
+        flags=parse_assignments(args.env),
+        secret_dirs=secret_dirs,
+        file_names=", ".join(paths) or "env file",
     )
     settings = RunSettings(max_parallelism=args.max_parallelism, keep_sandboxes=args.keep_sandboxes)
-    with store.lock():
-        results = Runner(store, local, settings, sys.stderr).run(specs, out)
+    with store.lock(), GroupReaper() as reaper, _interrupts_raise() as received:
+        try:
+            results = Runner(store, local, settings, sys.stderr, reaper).run(specs, out)
+        except RunInterrupted:
+            print(
+                f"pachyderm-local: stopped by signal {received[0]}: the running job is marked killed, "
+                "its finished datums are kept for the next run",
+                file=sys.stderr,
+            )
+            return 128 + received[0]
     return 1 if any(r.state != "success" for r in results) else 0
+
+
+@contextlib.contextmanager
+def _interrupts_raise() -> Iterator[list[int]]:
+    """SIGTERM and SIGINT raise RunInterrupted in the main thread, so the runner ends every datum process
+    group and records the job before exiting; yields the signal received (once there is one)."""
+    received: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        if not received:
+            received.append(signum)
+            raise RunInterrupted()
+
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield received
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -229,6 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--job")
     p.add_argument("--datum", help="datum id prefix")
     p.set_defaults(func=cmd_logs)
+    p = sub.add_parser("list-datum", help="the datums of a spec over the current inputs (runs nothing)")
+    p.add_argument("-f", "--file", required=True, metavar="SPEC")
+    p.add_argument("--raw", action="store_true", help="one JSON object per datum: id, hash, inputs, files")
+    p.set_defaults(func=cmd_list_datum)
     p = sub.add_parser("run", help="run the specs' DAG once; one summary line per job")
     p.add_argument("specs", nargs="+", metavar="SPEC")
     p.add_argument(
@@ -256,10 +341,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    store = Store(args.root)
+    fault = os.environ.get(DISK_FULL_FAULT_ENV, "")
+    store = Store(args.root, disk_full_after=int(fault) if fault.isdigit() else None)
     try:
         return args.func(store, args, sys.stdout)
-    except (SpecError, StoreError, EnvFileError, UnsafePathError, OSError) as exc:
+    except (SpecError, StoreError, EnvFileError, UnsafePathError, InvalidNameError, OSError) as exc:
         print(f"pachyderm-local: error: {exc}", file=sys.stderr)
         return 2
 

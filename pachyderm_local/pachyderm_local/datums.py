@@ -1,8 +1,11 @@
-"""Turn a pipeline's input tree plus the input commits into datums, and name them by content (pure).
+"""Turn a pipeline's input tree plus the input commits into datums, and name them (pure).
 
-A datum's id is a sha256 over, for each of its inputs, the input name, the matched path and every
-contained file's relative path and content hash. The commit id is left out on purpose: the same
-files in a later commit are the same datum, which is what lets a rerun skip it.
+A datum has two names, as in Pachyderm (``worker/common``). ``pach_id`` is ``DatumID``: BLAKE2b-256 over,
+for each input, its name, repo, branch and matched path (a folder with its trailing ``/``), each followed
+by its length; it is ``PACH_DATUM_ID``, the same for a path whatever its content. ``id`` plays the part of
+``HashDatum``: a sha256 over each input's name, matched path and every contained file's relative path and
+content hash, so an edited file is a new datum; skipping and the local records use it. The commit id is
+left out of both: the same files in a later commit are the same datum, which is what lets a rerun skip it.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -32,6 +36,13 @@ class DatumInput:
     commit_id: str
     path: str  # the matched path, "/" for the whole repo
     files: tuple[tuple[str, str], ...]  # (relative path, sha256) of each file in the datum
+    is_dir: bool = False
+    branch: str = "master"
+
+    @property
+    def pfs_path(self) -> str:
+        """The path as PFS names it: a folder ends with ``/``."""
+        return self.path + "/" if self.is_dir and self.path != "/" else self.path
 
 
 @dataclass(frozen=True)
@@ -43,6 +54,17 @@ class Datum:
         material = [[i.name, i.path, [list(f) for f in i.files]] for i in self.inputs]
         return hashlib.sha256(json.dumps(material, separators=(",", ":")).encode()).hexdigest()
 
+    @property
+    def pach_id(self) -> str:
+        """Pachyderm's ``common.DatumID``: what ``PACH_DATUM_ID`` holds."""
+        digest = hashlib.blake2b(digest_size=32)
+        for item in self.inputs:
+            for part in (item.name, item.repo, item.branch, item.pfs_path):
+                data = part.encode()
+                digest.update(data)
+                digest.update(struct.pack(">q", len(data)))
+        return digest.hexdigest()
+
     def describe(self) -> str:
         return " ".join(f"{i.name}:{i.path}" for i in self.inputs)
 
@@ -51,11 +73,14 @@ def plan_datums(node: Input, commits: Mapping[str, CommitView]) -> list[Datum]:
     """All datums of an input tree; ``commits`` maps each leaf's repo to its input commit."""
     if isinstance(node, (PfsInput, CronInput)):
         commit = commits[node.repo]
-        glob = node.glob if isinstance(node, PfsInput) else "/"
+        # a cron input is one datum per tick (datum/create.go createCron: glob "/*")
+        glob = node.glob if isinstance(node, PfsInput) else "/*"
         datums = []
         for path in expand_glob(glob, commit.files):
             contained = tuple((rel, commit.files[rel]) for rel in files_under(path, commit.files))
-            datums.append(Datum((DatumInput(node.name, node.repo, commit.commit_id, path, contained),)))
+            is_dir = path == "/" or path[1:] not in commit.files
+            item = DatumInput(node.name, node.repo, commit.commit_id, path, contained, is_dir)
+            datums.append(Datum((item,)))
         return datums
     if isinstance(node, CrossInput):
         parts = [plan_datums(child, commits) for child in node.children]

@@ -1,9 +1,10 @@
 """Build a datum's environment from the spec, local overrides and secrets (pure).
 
-Precedence, lowest first: the runner's own environment (PATH, HOME...), the spec's
-``transform.env``, ``--env-file``/``.env`` values, ``--env KEY=VAL``, secrets' ``env_var`` (looked up
-in --env, then the env files, then the process environment), and last Pachyderm's own variables.
-Process environment variables never override spec env: overriding a spec value is explicit.
+Precedence, lowest first: the runner's own environment (PATH, HOME...), values from ``--env-file`` /
+``./.env`` for variables the spec does not set, the spec's ``transform.env``, ``--env KEY=VAL``, secrets'
+``env_var`` (looked up in --env, then the env files, then the process environment), and last Pachyderm's
+own variables. On a cluster the spec's env is what the container gets, so neither the process
+environment nor an env file (a stray ``.env``) overrides it: only an explicit ``--env`` does.
 """
 
 from __future__ import annotations
@@ -59,14 +60,13 @@ class LocalEnv:
     files: Mapping[str, str] = field(default_factory=dict)  # merged --env-file / .env
     flags: Mapping[str, str] = field(default_factory=dict)  # --env
     secret_dirs: Mapping[str, str] = field(default_factory=dict)  # secret name -> local folder
+    file_names: str = "env file"  # how notes name the env files, e.g. "./.env"
 
-    def overrides(self) -> dict[str, str]:
-        return {**self.files, **self.flags}
-
-    def lookup_secret(self, key: str) -> str | None:
-        for source in (self.flags, self.files, self.process):
+    def lookup_secret(self, key: str) -> tuple[str, str] | None:
+        """(value, where it came from) of a secret's variable."""
+        for source, origin in ((self.flags, "--env"), (self.files, "file"), (self.process, "process")):
             if key in source:
-                return source[key]
+                return source[key], origin
         return None
 
 
@@ -79,19 +79,30 @@ class EnvPlan:
 
 
 def effective_spec_env(spec: PipelineSpec, local: LocalEnv) -> dict[str, str]:
-    """Spec env after explicit overrides: used for the spec version too."""
-    overrides = local.overrides()
-    return {k: overrides.get(k, v) for k, v in spec.env.items()}
+    """Spec env after explicit ``--env`` overrides: used for the spec version too."""
+    return {k: local.flags.get(k, v) for k, v in spec.env.items()}
 
 
 def job_env(spec: PipelineSpec, local: LocalEnv, secret_map: PathMap) -> EnvPlan:
     """The environment for every datum of ``spec`` (before Pachyderm's per-datum variables)."""
     notes: list[str] = []
     env = dict(local.process)
+    secret_vars = {s.env_var for s in spec.secrets if s.env_var}
     unmapped_mounts = [s for s in spec.secrets if s.mount_path and s.name not in local.secret_dirs]
-    overrides = local.overrides()
+    from_files: list[str] = []
+    for key, value in local.files.items():
+        if key in spec.env and key not in secret_vars:
+            if key not in local.flags:
+                notes.append(
+                    f"{key} from {local.file_names} ignored: the spec's transform.env sets it "
+                    f"(pass --env {key}=... to override it locally)"
+                )
+            continue
+        if key not in secret_vars and key not in local.flags:
+            env[key] = secret_map.apply(value)
+            from_files.append(key)
     for key, value in spec.env.items():
-        if key in overrides:
+        if key in local.flags:
             continue
         hits = [s for s in unmapped_mounts if secret_map.mentions(value, s.mount_path)]
         if hits:
@@ -102,18 +113,22 @@ def job_env(spec: PipelineSpec, local: LocalEnv, secret_map: PathMap) -> EnvPlan
             )
             continue
         env[key] = secret_map.apply(value)
-    for key, value in overrides.items():
+    for key, value in local.flags.items():
         env[key] = secret_map.apply(value)
     for secret in spec.secrets:
         if secret.env_var:
-            value = local.lookup_secret(secret.env_var)
-            if value is None:
+            found = local.lookup_secret(secret.env_var)
+            if found is None:
                 notes.append(
                     f"secret {secret.name!r}: {secret.env_var} not found in --env, env files "
                     "or the environment; left unset"
                 )
             else:
-                env[secret.env_var] = value
+                env[secret.env_var] = found[0]
+                if found[1] == "file" and secret.env_var not in from_files:
+                    from_files.append(secret.env_var)
+    if from_files:
+        notes.append(f"taken from {local.file_names}: {', '.join(sorted(from_files))} (values not shown)")
         if secret.mount_path and secret.name not in local.secret_dirs:
             notes.append(
                 f"secret {secret.name!r} (mount_path {secret.mount_path}) has no local folder; skipped"

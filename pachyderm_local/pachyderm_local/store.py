@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import fcntl
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 import uuid
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-_REPO = re.compile(r"^[A-Za-z0-9_-]+$")
+from .names import InvalidNameError, validate_id, validate_name
 
 
 class StoreError(Exception):
@@ -59,12 +59,24 @@ def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+@contextlib.contextmanager
+def _temp_file(folder: Path) -> Iterator[str]:
+    """A ``.tmp-*`` file in ``folder`` that is removed unless the body renamed it into place."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+    os.close(fd)
+    try:
+        yield tmp
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
 def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    with _temp_file(path.parent) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
 
 
 def _read_json(path: Path) -> Any:
@@ -85,8 +97,32 @@ class Commit:
 
 
 class Store:
-    def __init__(self, root: str | Path) -> None:
+    """``disk_full_after`` is a fault point for tests: object writes past that many bytes fail with ENOSPC."""
+
+    def __init__(self, root: str | Path, disk_full_after: int | None = None) -> None:
         self.root = Path(root).resolve()
+        self._object_bytes_left = disk_full_after
+
+    def _copy_into(self, source: Path | None, data: bytes | None, tmp: str) -> None:
+        """Write an object's bytes to ``tmp`` (from a file or memory), honouring the disk-full fault point."""
+        with open(tmp, "wb") as dst:
+            if source is not None:
+                with open(source, "rb") as src:
+                    blocks = iter(lambda: src.read(1 << 20), b"")
+                    for block in blocks:
+                        self._write_block(dst, block, tmp)
+            elif data:
+                self._write_block(dst, data, tmp)
+
+    def _write_block(self, dst: Any, block: bytes, tmp: str) -> None:
+        if self._object_bytes_left is not None:
+            if len(block) > self._object_bytes_left:
+                dst.write(block[: self._object_bytes_left])
+                dst.flush()
+                self._object_bytes_left = 0
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), tmp)
+            self._object_bytes_left -= len(block)
+        dst.write(block)
 
     # -- locking ---------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -104,6 +140,9 @@ class Store:
     def object_path(self, sha: str) -> Path:
         return self.root / "objects" / sha[:2] / sha
 
+    def object_size(self, sha: str) -> int:
+        return self.object_path(sha).stat().st_size
+
     def put_object(self, source: Path) -> tuple[str, int]:
         """Store a file's content; returns (sha256, size). Known content is not copied again."""
         digest = hashlib.sha256()
@@ -113,22 +152,18 @@ class Store:
         sha = digest.hexdigest()
         target = self.object_path(sha)
         if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
-            os.close(fd)
-            shutil.copyfile(source, tmp)
-            os.replace(tmp, target)
+            with _temp_file(target.parent) as tmp:
+                self._copy_into(source, None, tmp)
+                os.replace(tmp, target)
         return sha, source.stat().st_size
 
     def put_bytes(self, data: bytes) -> tuple[str, int]:
         sha = hashlib.sha256(data).hexdigest()
         target = self.object_path(sha)
         if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, target)
+            with _temp_file(target.parent) as tmp:
+                self._copy_into(None, data, tmp)
+                os.replace(tmp, target)
         return sha, len(data)
 
     def materialize(self, sha: str, target: Path) -> None:
@@ -138,9 +173,10 @@ class Store:
 
     # -- repos and commits -----------------------------------------------------------------------
     def repo_dir(self, repo: str) -> Path:
-        if not _REPO.match(repo):
-            raise StoreError(f"invalid repo name {repo!r}: use letters, digits, '-' and '_'")
-        return self.root / "repos" / repo
+        try:
+            return self.root / "repos" / validate_name("repo name", repo)
+        except InvalidNameError as exc:
+            raise StoreError(str(exc)) from exc
 
     def repo_exists(self, repo: str) -> bool:
         return self.repo_dir(repo).is_dir()
@@ -162,7 +198,7 @@ class Store:
         return self.commit(repo, ref.read_text().strip()) if ref.exists() else None
 
     def commit(self, repo: str, commit_id: str) -> Commit:
-        path = self.repo_dir(repo) / "commits" / f"{commit_id}.json"
+        path = self.repo_dir(repo) / "commits" / f"{validate_id('commit', commit_id)}.json"
         if not path.exists():
             raise StoreError(f"commit {commit_id!r} not found in repo {repo!r}")
         data = _read_json(path)
@@ -196,17 +232,64 @@ class Store:
             },
         )
         ref = self.repo_dir(repo) / "master"
-        fd, tmp = tempfile.mkstemp(dir=ref.parent, prefix=".tmp-")
-        with os.fdopen(fd, "w") as f:
-            f.write(commit.id + "\n")
-        os.replace(tmp, ref)
+        with _temp_file(ref.parent) as tmp:
+            Path(tmp).write_text(commit.id + "\n")
+            os.replace(tmp, ref)
         return commit
 
     # -- jobs, datum results, logs ---------------------------------------------------------------
     def save_job(self, record: dict[str, Any]) -> None:
         _write_json(self.root / "jobs" / f"{record['id']}.json", record)
 
+    def append_job_datum(self, job_id: str, entry: dict[str, Any]) -> None:
+        """Journal a finished datum as soon as it ends, so a killed run's work is not lost."""
+        path = self.root / "jobs" / f"{job_id}.datums.jsonl"
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry, sort_keys=True) + "\n")
+
+    def job_journal(self, job_id: str) -> list[dict[str, Any]]:
+        path = self.root / "jobs" / f"{job_id}.datums.jsonl"
+        if not path.exists():
+            return []
+        entries = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            with contextlib.suppress(json.JSONDecodeError):  # a line cut short by the kill
+                entries.append(json.loads(line))
+        return entries
+
+    def mark_interrupted_jobs_killed(self) -> list[dict[str, Any]]:
+        """Jobs still ``running`` while we hold the lock belong to a runner that died: mark them
+        ``killed`` with the datums their journal shows finished. Returns the records changed."""
+        changed = []
+        for record in self.list_jobs():
+            if record.get("state") != "running":
+                continue
+            entries = self.job_journal(record["id"])
+            record.update(
+                state="killed",
+                resumable=True,
+                reason="the runner stopped before the job finished",
+                finished=now(),
+                processed=sum(e["state"] == "success" for e in entries),
+                failed=sum(e["state"] == "failed" for e in entries),
+                datums=entries,
+            )
+            self.save_job(record)
+            changed.append(record)
+        return changed
+
+    def remove_partial_files(self) -> int:
+        """Remove ``.tmp-*`` files a killed or disk-full run left in the store; returns how many."""
+        removed = 0
+        for folder in ("objects", "repos", "jobs", "datums"):
+            for path in (self.root / folder).rglob(".tmp-*"):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed += 1
+        return removed
+
     def job(self, job_id: str) -> dict[str, Any]:
+        validate_id("job", job_id)
         path = self.root / "jobs" / f"{job_id}.json"
         if not path.exists():
             matches = list((self.root / "jobs").glob(f"{job_id}*.json")) if job_id else []
@@ -224,23 +307,28 @@ class Store:
         return self.root / "datums" / pipeline / version
 
     def base_job_datums(self, pipeline: str, version: str) -> set[str]:
-        """Datums a new job may reuse: those of the pipeline's last successful job (its *base*, as Pachyderm
-        calls it), plus those that succeeded in failed jobs since, so a retry reruns only the failures.
+        """Datums a new job may reuse: those of the pipeline's last successful job (its *base*, as
+        Pachyderm's ``pending_job.go`` picks it), plus those finished by jobs interrupted since.
 
-        Pachyderm reuses only the base job's datums: a datum that succeeded in an older job (a file deleted,
-        then put back) runs again, so a pipeline with side effects (pg-load) sees the input come back.
-        Nothing is reused across spec versions.
+        A failed job is never a base and its successes are not reused: they run again, as in Pachyderm.
+        An interrupted job (the runner was killed) stands for the job Pachyderm would resume, so what it
+        finished is kept. A datum that succeeded only in an older job (a file deleted, then put back)
+        runs again, so a pipeline with side effects (pg-load) sees the input come back. Nothing is
+        reused across spec versions.
         """
         reusable: set[str] = set()
         for job in reversed(self.list_jobs()):
-            if job["pipeline"] != pipeline or job.get("state") not in ("success", "failure"):
+            if job["pipeline"] != pipeline or job.get("state") not in ("success", "failure", "killed"):
                 continue
             if job.get("spec_version") != version:
                 break
-            states = ("success", "skipped") if job["state"] == "success" else ("success",)
-            reusable |= {d["id"] for d in job.get("datums", []) if d.get("state") in states}
             if job["state"] == "success":
+                reusable |= {
+                    d["id"] for d in job.get("datums", []) if d.get("state") in ("success", "skipped")
+                }
                 break
+            if job["state"] == "killed" and job.get("resumable"):
+                reusable |= {d["id"] for d in job.get("datums", []) if d.get("state") == "success"}
         return reusable
 
     def done_datums(self, pipeline: str, version: str) -> set[str]:
