@@ -12,7 +12,7 @@ input file (possibly header-only) so a loader can tell "no rows" from "not proce
 new pair into place, so a run stopped at any instant leaves the old pair, the new pair, or a lone
 ``rejected/<rel>.csv``, which a loader must refuse (:data:`LONE_FILE_HINT`).
 
-Every step finds its CSVs with :func:`walk_csv` and writes files through :class:`PendingFile`.
+Both images find CSVs with :func:`walk_csv`; qa-answer writes every file through :class:`PendingFile`.
 """
 
 from __future__ import annotations
