@@ -138,17 +138,20 @@ def _csv_files(folder: Path) -> Iterator[tuple[Path, str, tuple[int, int]]]:
     """(path, posix path relative to ``folder``, stamp) of every regular ``*.csv`` file below it (any case).
 
     One stat per file (the walk's directory entries already tell files from folders), so scanning thousands
-    of files stays cheap; symlinked folders are not entered, file links are followed.
+    of files stays cheap; symlinked folders are not entered, file links are followed. A path over PATH_MAX
+    is left out: the load reads files by path name, which cannot reach it (qa-answer never writes one).
     """
 
     def ignore(rel: bytes) -> None:
-        log.warning("ignoring %s: not a .csv file", folder / os.fsdecode(rel))
+        path = folder / os.fsdecode(rel)
+        if len(os.fsencode(path)) < MAX_PATH_BYTES:
+            log.warning("ignoring %s: not a .csv file", path)
 
     for file in walk_csv(folder, other=ignore):
         rel = os.fsdecode(file.rel)
         path = folder / rel
         if len(os.fsencode(path)) >= MAX_PATH_BYTES:
-            continue  # the load reads files by path name, which cannot reach past PATH_MAX
+            continue
         try:
             st = file.stat()
         except FileNotFoundError:  # a dangling link
