@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from qa_answer.contract import read_answers
+from contract_readers import read_answers
 
 WORKER = """#!{python}
 import os, shutil, signal, sys

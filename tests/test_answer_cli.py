@@ -13,9 +13,10 @@ import termios
 from pathlib import Path
 
 import pytest
+from contract_readers import read_answers, read_rejected
 from qa_answer.answer_run import answer_folder
 from qa_answer.cli import main
-from qa_answer.contract import ANSWER_COLUMNS, REJECTED_COLUMNS, read_answers, read_rejected
+from qa_answer.contract import ANSWER_COLUMNS, REJECTED_COLUMNS
 from qa_answer.model_loading import HOW_TO_FIX
 
 LONG_CONTEXT = " ".join(

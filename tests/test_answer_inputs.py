@@ -8,9 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from contract_readers import read_answers, read_rejected
 from qa_answer.answer_run import answer_folder
 from qa_answer.cli import EXIT_REJECTED, main
-from qa_answer.contract import read_answers, read_rejected
 from qa_answer.ingest import mirror_source
 from qa_answer.sources import LocalFolderSource
 

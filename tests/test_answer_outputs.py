@@ -12,9 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from contract_readers import read_answers, read_rejected
 from pg_load.cli import main as pg_load_main
 from qa_answer.answer_run import answer_folder
-from qa_answer.contract import read_answers, read_rejected
 
 OLD = "question,context\nWhere is Paris?,Paris is in France.\nWho?,\n"  # row 1 answered, row 2 rejected
 NEW = "question,context\nWhere is Paris?,\nWho is Ann?,Ann is a baker in Paris.\n"  # the other way round

@@ -232,7 +232,8 @@ def test_memory_does_not_grow_with_file_size():
 )
 def test_contract_writer_output_reads_back_field_for_field(text):
     """A question or context read from a quoted field must survive into answers/: a bare CR included."""
-    from qa_answer.contract import ANSWER_COLUMNS, AnswerRow, dumps, read_answers
+    from contract_readers import read_answers
+    from qa_answer.contract import ANSWER_COLUMNS, AnswerRow, dumps
 
     row = AnswerRow("f.csv", 1, "id", text, f"{text} Paris", "Paris", 0.5, 0, 5, "m", {"k": text})
     data = dumps(ANSWER_COLUMNS, [row.to_record()])

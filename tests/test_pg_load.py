@@ -50,7 +50,7 @@ def remove_source(root: Path, source: str) -> None:
 
 def expected_from_files(root: Path) -> dict:
     """What the tables must hold: the union of all answers/ and rejected/ files."""
-    from qa_answer.contract import read_answers, read_rejected
+    from contract_readers import read_answers, read_rejected
 
     answers, rejected = set(), set()
     for path in (root / "answers").rglob("*.csv"):

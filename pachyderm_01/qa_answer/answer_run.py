@@ -18,7 +18,6 @@ import os
 import stat
 import sys
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,27 +25,33 @@ from typing import IO, Protocol
 
 from qa_answer.contract import (
     ANSWER_COLUMNS,
-    ANSWERS_DIR,
     ENCODING,
     FILE_LEVEL_ROW,
+    LINK_OUTSIDE,
+    MAX_COMPONENT_BYTES,
+    MAX_PATH_BYTES,
     REJECTED_COLUMNS,
     REJECTED_DIR,
     AnswerRow,
+    FoundFile,
+    PendingFile,
     RejectedRow,
     csv_writer,
     escape_raw,
+    is_temp_name,
+    links_outside,
+    output_folders,
+    output_paths,
     replace_pair,
+    walk_csv,
 )
 from qa_answer.csv_input import DEFAULT_MAX_RECORD_BYTES, read_question_chunks
 from qa_answer.faults import NO_FAULTS, Faults
-from qa_answer.object_names import MAX_COMPONENT_BYTES, MAX_PATH_BYTES
 from qa_answer.qa_core import RowFailure
-from qa_answer.sources import LINK_OUTSIDE, links_outside
 
 log = logging.getLogger(__name__)
 
 TEMP_PREFIX = ".qa-answer-"
-TEMP_SUFFIX = ".part"
 #: Characters of an unusable input name kept in the stand-in name its rejection is filed under.
 _STAND_IN_HEAD = 50
 
@@ -109,18 +114,11 @@ def find_inputs(in_dir: Path, out_dir: Path | None = None) -> list[InputFile]:
     folder descriptors reaches paths longer than PATH_MAX, so they too are reported instead of vanishing.
     """
     top = os.path.realpath(os.fsencode(in_dir))
-    skip = _folder_id(out_dir)
     found: list[tuple[bytes, bytes, str | None]] = []
-    for folder, dirs, files, folder_fd in os.fwalk(top):
-        dirs[:] = sorted(d for d in dirs if skip is None or _folder_id(d, folder_fd) != skip)
-        for name in files:
-            if not name.lower().endswith(b".csv"):
-                continue
-            path = os.path.join(folder, name)
-            rel = os.path.relpath(path, top)
-            problem = _unreadable_because(top, rel, path, name, folder_fd)
-            if problem != _NOT_A_FILE:
-                found.append((rel, path, problem))
+    for file in walk_csv(top, skip=out_dir):
+        problem = _unreadable_because(top, file)
+        if problem != _NOT_A_FILE:
+            found.append((file.rel, file.path, problem))
     found.sort()
     taken = {rel.decode(ENCODING) for rel, _, _ in found if _output_name_ok(rel, out_dir)}
     inputs = []
@@ -137,24 +135,24 @@ def find_inputs(in_dir: Path, out_dir: Path | None = None) -> list[InputFile]:
 _NOT_A_FILE = "not a file"
 
 
-def _unreadable_because(top: bytes, rel: bytes, path: bytes, name: bytes, folder_fd: int) -> str | None:
-    """Why the file at ``path`` (``rel`` below ``top``, ``name`` in ``folder_fd``) cannot be answered."""
+def _unreadable_because(top: bytes, file: FoundFile) -> str | None:
+    """Why ``file``, found below the real path ``top``, cannot be answered."""
     try:
-        rel.decode(ENCODING)
+        file.rel.decode(ENCODING)
     except UnicodeDecodeError:
         return "the file name is not valid UTF-8: rename the file"
-    if len(path) >= MAX_PATH_BYTES:
+    if len(file.path) >= MAX_PATH_BYTES:
         return f"the path is longer than PATH_MAX ({MAX_PATH_BYTES} bytes): move the file"
     try:
-        st = os.stat(name, dir_fd=folder_fd)
-        linked = stat.S_ISLNK(os.stat(name, dir_fd=folder_fd, follow_symlinks=False).st_mode)
+        st = file.stat()
+        linked = stat.S_ISLNK(file.stat(follow_symlinks=False).st_mode)
     except OSError as exc:
         return f"cannot open the file: {exc.strerror}"  # e.g. a symlink to nothing
     if stat.S_ISDIR(st.st_mode):
         return _NOT_A_FILE
     if not stat.S_ISREG(st.st_mode):
         return "not a regular file"
-    if linked and links_outside(top, path):
+    if linked and links_outside(top, file.path):
         return LINK_OUTSIDE.format(folder="IN_DIR")
     return None
 
@@ -180,16 +178,6 @@ def _stand_in(rel: bytes, shown: str, out_dir: Path | None, taken: set[str]) -> 
     name = f"{shown.replace('/', '_')[:_STAND_IN_HEAD]}...{digest}.csv"
     taken.add(name)
     return name
-
-
-def _folder_id(folder: Path | bytes | None, folder_fd: int | None = None) -> tuple[int, int] | None:
-    if folder is None:
-        return None
-    try:
-        st = os.stat(folder, dir_fd=folder_fd)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
 
 
 def answer_folder(
@@ -229,7 +217,7 @@ def answer_folder(
 
 def remove_stale_outputs(out_dir: Path, inputs: set[str]) -> None:
     """Delete the ``answers/`` and ``rejected/`` CSVs of ``out_dir`` whose input is not in ``inputs``."""
-    for folder in (out_dir / ANSWERS_DIR, out_dir / REJECTED_DIR):
+    for folder in output_folders(out_dir):
         if not folder.is_dir():
             continue
         for item in find_inputs(folder):
@@ -244,10 +232,10 @@ def remove_stale_temp_files(out_dir: Path) -> None:
     A running writer holds a lock on its temporary files, so a concurrent run's files are left alone.
     """
     removed = 0
-    for folder in (out_dir / ANSWERS_DIR, out_dir / REJECTED_DIR):
+    for folder in output_folders(out_dir):
         for parent, _dirs, files in os.walk(folder):
             for name in files:
-                if not (name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)):
+                if not is_temp_name(name, TEMP_PREFIX):
                     continue
                 path = os.path.join(parent, name)
                 try:
@@ -436,9 +424,9 @@ class _OutputPair:
     """
 
     def __init__(self, out_dir: Path, source_file: str, faults: Faults) -> None:
-        self.targets = (out_dir / ANSWERS_DIR / source_file, out_dir / REJECTED_DIR / source_file)
+        self.targets = output_paths(out_dir, source_file)
         self._faults = faults
-        self._temps: list[Path] = []
+        self._pending: list[PendingFile] = []
         self._files: list[IO[str]] = []
         self._sinks: list[IO[str]] = []
         self._writers: list = []
@@ -448,9 +436,9 @@ class _OutputPair:
         try:
             for target, columns in zip(self.targets, (ANSWER_COLUMNS, REJECTED_COLUMNS), strict=True):
                 target.parent.mkdir(parents=True, exist_ok=True)
-                temp = target.parent / f"{TEMP_PREFIX}{uuid.uuid4().hex[:16]}{TEMP_SUFFIX}"
-                file = temp.open("x", encoding=ENCODING, newline="")
-                self._temps.append(temp)
+                pending = PendingFile(target, TEMP_PREFIX)
+                file = pending.path.open("x", encoding=ENCODING, newline="")
+                self._pending.append(pending)
                 self._files.append(file)
                 # The lock tells remove_stale_temp_files of another run that this file is live.
                 fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -488,7 +476,7 @@ class _OutputPair:
             for stream in {id(s): s for s in (*self._sinks, *self._files)}.values():
                 stream.close()
             target = self.targets[1]
-            replace_pair(*self._temps, *self.targets, between=self._faults.between_renames)
+            replace_pair(*self._pending, between=self._faults.between_renames)
         except OSError as exc:
             self._discard()
             raise _output_error(target, exc) from None
@@ -497,8 +485,8 @@ class _OutputPair:
         for stream in (*self._sinks, *self._files):
             with contextlib.suppress(OSError):
                 stream.close()  # flushing what a full disk refused fails again: nothing to keep
-        for temp in self._temps:
-            temp.unlink(missing_ok=True)
+        for pending in self._pending:
+            pending.discard()
 
 
 def _output_error(path: Path, exc: OSError) -> OutputError:

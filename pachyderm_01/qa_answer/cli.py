@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from qa_answer.csv_input import DEFAULT_MAX_RECORD_BYTES
 from qa_answer.faults import FAULT_ENV, FaultError, Faults
+from qa_answer.qa_config import DEFAULT_MODEL
 from qa_answer.settings import (
     CHUNK_ROWS_ENV,
     DATUM_BATCHING_ENV,
@@ -44,7 +45,7 @@ EXIT_ERROR = 1
 EXIT_REJECTED = 3
 
 _QA_HELP = {
-    "model": "hub id or local model folder (default distilbert/distilbert-base-cased-distilled-squad)",
+    "model": f"hub id or local model folder (default {DEFAULT_MODEL})",
     "batch_size": "windows per forward pass (default 32)",
     "max_seq_len": "tokens per window, question included (default 384)",
     "doc_stride": "tokens of overlap between windows of a long context (default 128)",

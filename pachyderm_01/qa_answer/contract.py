@@ -1,4 +1,4 @@
-"""The answers-file contract between image 1 (producer) and image 2 (loader).
+"""The on-disk layout the steps share, and the answers-file contract between image 1 and image 2.
 
 The producer owns it; the loader imports only this module (standard library only, never torch).
 Layout under the answering pipeline's output (Pachyderm SQL egress style: folder = table)::
@@ -11,6 +11,8 @@ input file (possibly header-only) so a loader can tell "no rows" from "not proce
 ``<rel>`` always come from one run: :func:`replace_pair` removes the old answers file before it renames the
 new pair into place, so a run stopped at any instant leaves the old pair, the new pair, or a lone
 ``rejected/<rel>.csv``, which a loader must refuse (:data:`LONE_FILE_HINT`).
+
+Both images find CSVs with :func:`walk_csv`; qa-answer writes every file through :class:`PendingFile`.
 """
 
 from __future__ import annotations
@@ -19,15 +21,19 @@ import csv
 import io
 import json
 import os
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-CONTRACT_VERSION = 1
 ANSWERS_DIR = "answers"
 REJECTED_DIR = "rejected"
 ENCODING = "utf-8"
+CSV_SUFFIX = ".csv"
+#: Linux's limits on one path component and on a whole path (PATH_MAX, the terminating NUL included).
+MAX_COMPONENT_BYTES = 255
+MAX_PATH_BYTES = 4096
 #: row_number of a rejected row that stands for a whole file that could not be read as CSV.
 FILE_LEVEL_ROW = 0
 
@@ -50,14 +56,118 @@ LONE_FILE_HINT = (
     "qa-answer writes both files of an input and replaces them as a pair, so a lone file is what a run "
     "stopped while replacing them leaves behind: run qa-answer again"
 )
+#: Why a symlinked CSV is not read (`qa-answer ingest` from a folder and `qa-answer answer` share the rule).
+LINK_OUTSIDE = "a symlink to a file outside {folder}: not read (see docs/answering.md)"
+#: What a temporary name ends with (see :class:`PendingFile`).
+TEMP_SUFFIX = ".part"
+
+
+def output_folders(out_dir: Path) -> tuple[Path, Path]:
+    """``out_dir``'s answers/ and rejected/ folders."""
+    return out_dir / ANSWERS_DIR, out_dir / REJECTED_DIR
+
+
+def output_paths(out_dir: Path, source_file: str) -> tuple[Path, Path]:
+    """The answers/ and rejected/ files of the input ``source_file`` under ``out_dir``."""
+    return out_dir / ANSWERS_DIR / source_file, out_dir / REJECTED_DIR / source_file
+
+
+def is_csv_name(name: str | bytes) -> bool:
+    """Whether a file or object name ends in ``.csv``, in any case (every step reads ``x.CSV`` too)."""
+    return name.lower().endswith(CSV_SUFFIX if isinstance(name, str) else CSV_SUFFIX.encode())
+
+
+@dataclass(frozen=True)
+class FoundFile:
+    """A file named ``*.csv`` found by :func:`walk_csv`; names are bytes, so any name is representable."""
+
+    #: the path relative to the walked folder
+    rel: bytes
+    #: the path below the walked folder's real path (its own symlink resolved)
+    path: bytes
+    #: the folder holding the file: open only until the walk moves on, so a path of any length can be stat'ed
+    folder_fd: int
+    name: bytes
+
+    def stat(self, follow_symlinks: bool = True) -> os.stat_result:
+        return os.stat(self.name, dir_fd=self.folder_fd, follow_symlinks=follow_symlinks)
+
+
+def walk_csv(
+    top: Path | bytes, skip: Path | None = None, other: Callable[[bytes], None] | None = None
+) -> Iterator[FoundFile]:
+    """Every file named ``*.csv`` (any case) below ``top``, folders in name order.
+
+    ``top``'s own symlink is followed (Pachyderm's ``/pfs/<input>`` is a link into its scratch space);
+    below it symlinked folders are not entered, while file links are yielded (each caller has its rule for
+    them, see :func:`links_outside`). Walking by folder descriptors reaches paths longer than PATH_MAX. The
+    folder ``skip`` is not entered (OUT_DIR inside IN_DIR); ``other`` gets the relative path of every other
+    file.
+    """
+    real_top = os.path.realpath(os.fsencode(top))
+    skip_id = _folder_id(skip)
+    for folder, dirs, files, folder_fd in os.fwalk(real_top):
+        dirs[:] = sorted(d for d in dirs if skip_id is None or _folder_id(d, folder_fd) != skip_id)
+        for name in files:
+            path = os.path.join(folder, name)
+            rel = os.path.relpath(path, real_top)
+            if is_csv_name(name):
+                yield FoundFile(rel, path, folder_fd, name)
+            elif other is not None:
+                other(rel)
+
+
+def _folder_id(folder: Path | bytes | None, folder_fd: int | None = None) -> tuple[int, int] | None:
+    if folder is None:
+        return None
+    try:
+        st = os.stat(folder, dir_fd=folder_fd)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def links_outside(real_root: bytes, path: bytes) -> bool:
+    """Whether ``path``, a symlink below the folder whose real path is ``real_root``, resolves outside it.
+
+    The folder itself may be a link (Pachyderm's ``/pfs/<input>`` points into its scratch space): callers pass
+    its resolved path, so only links below it are judged.
+    """
+    return not os.path.realpath(path).startswith(real_root.rstrip(b"/") + b"/")
+
+
+class PendingFile:
+    """A file written under a temporary name beside ``target``, renamed over it only once complete.
+
+    No reader ever sees half a file. The temporary name is short (the target's own may be at the 255-byte
+    limit) and not ``*.csv``, so no walker or glob takes it for an input; unless committed, it is removed
+    when the ``with`` block ends.
+    """
+
+    def __init__(self, target: Path, prefix: str) -> None:
+        self.target = target
+        self.path = target.parent / f"{prefix}{uuid.uuid4().hex[:16]}{TEMP_SUFFIX}"
+
+    def __enter__(self) -> PendingFile:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.discard()
+
+    def commit(self) -> None:
+        os.replace(self.path, self.target)
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def is_temp_name(name: str, prefix: str) -> bool:
+    """Whether ``name`` is a :class:`PendingFile` name made with ``prefix``."""
+    return name.startswith(prefix) and name.endswith(TEMP_SUFFIX)
 
 
 def replace_pair(
-    new_answers: Path,
-    new_rejected: Path,
-    answers: Path,
-    rejected: Path,
-    between: Callable[[], None] = lambda: None,
+    answers: PendingFile, rejected: PendingFile, between: Callable[[], None] = lambda: None
 ) -> None:
     """Move a finished pair of files into place so that no mix of two runs is ever visible.
 
@@ -66,10 +176,10 @@ def replace_pair(
     answers beside the new rejections, which would put a row in both tables. ``between`` runs between the
     two renames (a fault point for tests).
     """
-    answers.unlink(missing_ok=True)
-    os.replace(new_rejected, rejected)
+    answers.target.unlink(missing_ok=True)
+    rejected.commit()
     between()
-    os.replace(new_answers, answers)
+    answers.commit()
 
 
 @dataclass(frozen=True)
@@ -103,22 +213,6 @@ class AnswerRow:
             json.dumps(self.extra, ensure_ascii=False, sort_keys=True),
         ]
 
-    @classmethod
-    def from_record(cls, record: dict[str, str]) -> AnswerRow:
-        return cls(
-            source_file=record["source_file"],
-            row_number=int(record["row_number"]),
-            id=record["id"],
-            question=record["question"],
-            context=record["context"],
-            answer=record["answer"],
-            score=float(record["score"]),
-            answer_start=int(record["answer_start"]),
-            answer_end=int(record["answer_end"]),
-            model=record["model"],
-            extra=json.loads(record["extra"]) if record["extra"] else {},
-        )
-
 
 @dataclass(frozen=True)
 class RejectedRow:
@@ -131,10 +225,6 @@ class RejectedRow:
 
     def to_record(self) -> list[str]:
         return [self.source_file, str(self.row_number), self.error, self.raw]
-
-    @classmethod
-    def from_record(cls, record: dict[str, str]) -> RejectedRow:
-        return cls(record["source_file"], int(record["row_number"]), record["error"], record["raw"])
 
 
 def escape_raw(data: bytes | str, limit: int = 2000) -> str:
@@ -180,35 +270,10 @@ def csv_writer(stream: TextIO, columns: Iterable[str]) -> _ContractWriter:
     return writer
 
 
-def write_csv(stream: TextIO, columns: Iterable[str], records: Iterable[list[str]]) -> int:
-    """Write a header and records in the contract's dialect; returns the number of records."""
-    writer = csv_writer(stream, columns)
-    count = 0
+def dumps(columns: Iterable[str], records: Iterable[list[str]]) -> str:
+    """The CSV text of a header and ``records`` in the contract's dialect (for small files)."""
+    buf = io.StringIO()
+    writer = csv_writer(buf, columns)
     for record in records:
         writer.writerow(record)
-        count += 1
-    return count
-
-
-def read_answers(stream: TextIO) -> Iterator[AnswerRow]:
-    for record in _read(stream, ANSWER_COLUMNS):
-        yield AnswerRow.from_record(record)
-
-
-def read_rejected(stream: TextIO) -> Iterator[RejectedRow]:
-    for record in _read(stream, REJECTED_COLUMNS):
-        yield RejectedRow.from_record(record)
-
-
-def _read(stream: TextIO, columns: tuple[str, ...]) -> Iterator[dict[str, str]]:
-    reader = csv.DictReader(stream)
-    if tuple(reader.fieldnames or ()) != columns:
-        raise ValueError(f"unexpected header {reader.fieldnames!r}, expected {list(columns)!r}")
-    yield from reader
-
-
-def dumps(columns: Iterable[str], records: Iterable[list[str]]) -> str:
-    """The CSV text for ``records`` (handy for tests and small files)."""
-    buf = io.StringIO()
-    write_csv(buf, columns, records)
     return buf.getvalue()

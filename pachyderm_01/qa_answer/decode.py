@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .features import CONTEXT, NONE
+from qa_answer.features import CONTEXT, NONE
 
 #: The pipeline decodes ``top_k * 2 + 10`` spans per window when aligning to words (some merge or vanish).
 CANDIDATES_PER_WINDOW = 12

@@ -7,16 +7,17 @@ run never leaves half a CSV. Unsafe names are skipped with a logged reason; the 
 from __future__ import annotations
 
 import logging
-import os
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from qa_answer.contract import PendingFile
 from qa_answer.object_names import map_object_name, resolve_inside
 from qa_answer.sources import QuestionSource
 
 log = logging.getLogger(__name__)
+
+TEMP_PREFIX = ".ingest-"
 
 
 @dataclass
@@ -76,21 +77,19 @@ def mirror_source(source: QuestionSource, out_dir: Path) -> IngestSummary:
             log.warning("skipping %r from %s: cannot create %r: %s", obj.name, source.url, mapped.path, exc)
             summary.skipped += 1
             continue
-        # Short temp name (the target's own name may already be at the 255-byte limit), not *.csv.
-        temp = target.parent / f".ingest-{uuid.uuid4().hex[:16]}.part"
         try:
-            fetched = source.fetch(obj, temp)
-            if fetched is None:
-                log.warning("skipping %r from %s: it disappeared while being copied", obj.name, source.url)
-                summary.skipped += 1
-                continue
-            os.replace(temp, target)
+            with PendingFile(target, TEMP_PREFIX) as pending:
+                fetched = source.fetch(obj, pending.path)
+                if fetched is not None:
+                    pending.commit()
         except IsADirectoryError:
             log.warning("skipping %r from %s: %r is a folder", obj.name, source.url, mapped.path)
             summary.skipped += 1
             continue
-        finally:
-            temp.unlink(missing_ok=True)
+        if fetched is None:
+            log.warning("skipping %r from %s: it disappeared while being copied", obj.name, source.url)
+            summary.skipped += 1
+            continue
         summary.files += 1
         summary.bytes += target.stat().st_size
     summary.seconds = time.perf_counter() - started

@@ -15,8 +15,7 @@ import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 
-MAX_COMPONENT_BYTES = 255
-MAX_PATH_BYTES = 4096
+from qa_answer.contract import CSV_SUFFIX, MAX_COMPONENT_BYTES, MAX_PATH_BYTES, is_csv_name
 
 
 @dataclass(frozen=True)
@@ -58,17 +57,17 @@ def map_object_name(name: str) -> MappedName:
             return MappedName(
                 name, None, f"object name has a path component longer than {MAX_COMPONENT_BYTES} bytes"
             )
-    folders = [part for part in kept[:-1] if part.lower().endswith(".csv")]
+    folders = [part for part in kept[:-1] if is_csv_name(part)]
     if folders:
         # Pachyderm's globs match folders too: /**.csv would make "x.csv/" a datum of its own, holding files
         # that are datums already, and the answering job would fail on the clash of their outputs.
         kept[:-1] = [part[:-4] + "_csv" if part in folders else part for part in kept[:-1]]
         changes.append(f"folder name(s) ending in .csv renamed to *_csv: {', '.join(map(repr, folders))}")
-    if kept[-1].lower().endswith(".csv") and not kept[-1].endswith(".csv"):
+    if is_csv_name(kept[-1]) and not kept[-1].endswith(CSV_SUFFIX):
         # The answering pipeline's glob (/**.csv) is case-sensitive, as Pachyderm's globs are: "x.CSV" must be
         # saved as "x.csv" or it would never become a datum.
         changes.append(f"extension {kept[-1][-4:]!r} written as '.csv'")
-        kept[-1] = kept[-1][:-4] + ".csv"
+        kept[-1] = kept[-1][:-4] + CSV_SUFFIX
     path = "/".join(kept)
     if len(path.encode("utf-8")) > MAX_PATH_BYTES:
         return MappedName(name, None, f"object name is longer than {MAX_PATH_BYTES} bytes")

@@ -8,16 +8,22 @@ anything in the bucket; it only lists and downloads.
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import os
 import shutil
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-CSV_SUFFIX = ".csv"
+from qa_answer.contract import LINK_OUTSIDE, MAX_PATH_BYTES, is_csv_name, links_outside, walk_csv
+
 _DOWNLOAD_ATTEMPTS = 3
+#: stat errors that make a listed name "not a file" (as ``Path.is_file`` treats them): a link to nothing,
+#: a name that vanished
+_NOT_A_FILE_ERRNOS = (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP)
 
 
 class SourceError(Exception):
@@ -43,23 +49,6 @@ class QuestionSource(Protocol):
         ...
 
 
-#: Why a symlinked CSV is not read (`qa-answer ingest` from a folder and `qa-answer answer` share the rule).
-LINK_OUTSIDE = "a symlink to a file outside {folder}: not read (see docs/answering.md)"
-
-
-def is_csv_name(name: str) -> bool:
-    return name.lower().endswith(CSV_SUFFIX)
-
-
-def links_outside(real_root: bytes, path: bytes) -> bool:
-    """Whether ``path``, a symlink below the folder whose real path is ``real_root``, resolves outside it.
-
-    The folder itself may be a link (Pachyderm's ``/pfs/<input>`` points into its scratch space): callers pass
-    its resolved path, so only links below it are judged.
-    """
-    return not os.path.realpath(path).startswith(real_root.rstrip(b"/") + b"/")
-
-
 class LocalFolderSource:
     """Every ``*.csv`` file under a folder (folder symlinks are not followed, file links only inside it)."""
 
@@ -70,16 +59,22 @@ class LocalFolderSource:
     def list_csv(self) -> Iterator[SourceObject]:
         real_root = os.path.realpath(os.fsencode(self.root))
         found = []
-        for folder, dirs, files in os.walk(self.root):
-            dirs.sort()
-            for file_name in files:
-                path = Path(folder) / file_name
-                if is_csv_name(file_name) and path.is_file():
-                    name = path.relative_to(self.root).as_posix()
-                    if path.is_symlink() and links_outside(real_root, os.fsencode(path)):
-                        found.append(SourceObject(name, refused=LINK_OUTSIDE.format(folder="SOURCE")))
-                        continue
-                    found.append(SourceObject(name, path.stat().st_size))
+        for file in walk_csv(real_root):
+            name = os.fsdecode(file.rel)
+            if len(os.fsencode(self.root / name)) >= MAX_PATH_BYTES:
+                continue  # fetch copies by path name, which cannot reach past PATH_MAX
+            try:
+                st = file.stat()
+            except OSError as exc:
+                if exc.errno in _NOT_A_FILE_ERRNOS:
+                    continue
+                raise
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            if stat.S_ISLNK(file.stat(follow_symlinks=False).st_mode) and links_outside(real_root, file.path):
+                found.append(SourceObject(name, refused=LINK_OUTSIDE.format(folder="SOURCE")))
+                continue
+            found.append(SourceObject(name, st.st_size))
         yield from sorted(found, key=lambda obj: obj.name)
 
     def fetch(self, obj: SourceObject, dest: Path) -> SourceObject | None:

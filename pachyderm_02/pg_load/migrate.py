@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from importlib import resources
 
-from . import sql
+from pg_load import sql
 
 
 def migration_files() -> list[tuple[str, str]]:

@@ -14,7 +14,14 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from qa_answer.contract import ANSWERS_DIR, ENCODING, LONE_FILE_HINT, REJECTED_DIR
+from qa_answer.contract import (
+    ANSWERS_DIR,
+    ENCODING,
+    LONE_FILE_HINT,
+    MAX_PATH_BYTES,
+    REJECTED_DIR,
+    walk_csv,
+)
 
 log = logging.getLogger("pg_load")
 
@@ -130,24 +137,28 @@ def scan(in_dir: Path) -> dict[str, Source]:
 def _csv_files(folder: Path) -> Iterator[tuple[Path, str, tuple[int, int]]]:
     """(path, posix path relative to ``folder``, stamp) of every regular ``*.csv`` file below it (any case).
 
-    One stat per file (os.walk's directory entries already tell files from folders), so scanning thousands of
-    files stays cheap; like ``Path.rglob`` it does not descend into symlinked folders but follows file links.
+    One stat per file (the walk's directory entries already tell files from folders), so scanning thousands
+    of files stays cheap; symlinked folders are not entered, file links are followed. A path over PATH_MAX
+    is left out: the load reads files by path name, which cannot reach it (qa-answer never writes one).
     """
-    for top, dirs, files in os.walk(folder):
-        dirs.sort()
-        for name in files:
-            path = Path(top, name)
-            if not name.lower().endswith(".csv"):  # any case, as `qa-answer answer` reads and writes them
-                log.warning("ignoring %s: not a .csv file", path)
-                continue
-            try:
-                st = path.stat()
-            except FileNotFoundError:  # a dangling link
-                continue
-            if stat.S_ISREG(st.st_mode):
-                rel = path.relative_to(folder).as_posix()
-                _check_name(folder, rel)
-                yield path, rel, (st.st_size, st.st_mtime_ns)
+
+    def ignore(rel: bytes) -> None:
+        path = folder / os.fsdecode(rel)
+        if len(os.fsencode(path)) < MAX_PATH_BYTES:
+            log.warning("ignoring %s: not a .csv file", path)
+
+    for file in walk_csv(folder, other=ignore):
+        rel = os.fsdecode(file.rel)
+        path = folder / rel
+        if len(os.fsencode(path)) >= MAX_PATH_BYTES:
+            continue
+        try:
+            st = file.stat()
+        except FileNotFoundError:  # a dangling link
+            continue
+        if stat.S_ISREG(st.st_mode):
+            _check_name(folder, rel)
+            yield path, rel, (st.st_size, st.st_mtime_ns)
 
 
 def _check_name(folder: Path, rel: str) -> None:

@@ -1,0 +1,42 @@
+"""Read the contract's answers/ and rejected/ files back into rows: what tests check outputs with.
+
+The pipeline itself never reads these files as rows (pg-load hands them to PostgreSQL's COPY).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from typing import TextIO
+
+from qa_answer.contract import ANSWER_COLUMNS, REJECTED_COLUMNS, AnswerRow, RejectedRow
+
+
+def read_answers(stream: TextIO) -> Iterator[AnswerRow]:
+    for record in _read(stream, ANSWER_COLUMNS):
+        yield AnswerRow(
+            source_file=record["source_file"],
+            row_number=int(record["row_number"]),
+            id=record["id"],
+            question=record["question"],
+            context=record["context"],
+            answer=record["answer"],
+            score=float(record["score"]),
+            answer_start=int(record["answer_start"]),
+            answer_end=int(record["answer_end"]),
+            model=record["model"],
+            extra=json.loads(record["extra"]) if record["extra"] else {},
+        )
+
+
+def read_rejected(stream: TextIO) -> Iterator[RejectedRow]:
+    for record in _read(stream, REJECTED_COLUMNS):
+        yield RejectedRow(record["source_file"], int(record["row_number"]), record["error"], record["raw"])
+
+
+def _read(stream: TextIO, columns: tuple[str, ...]) -> Iterator[dict[str, str]]:
+    reader = csv.DictReader(stream)
+    if tuple(reader.fieldnames or ()) != columns:
+        raise ValueError(f"unexpected header {reader.fieldnames!r}, expected {list(columns)!r}")
+    yield from reader
