@@ -21,7 +21,8 @@ from .envs import EnvFileError, LocalEnv, parse_assignments, parse_env_file
 from .names import InvalidNameError, clean_lookup_path, validate_file_path, validate_id, validate_name
 from .pathmap import UnsafePathError
 from .procs import GroupReaper
-from .runner import RunInterrupted, Runner, RunSettings, prepend_path, resolve_local_dir
+from .runner import RunInterrupted, Runner, RunSettings, resolve_local_dir
+from .sandbox import prepend_path
 from .spec import PfsInput, SpecError, leaf_inputs, load_spec
 from .store import Store, StoreError
 
@@ -151,19 +152,19 @@ def cmd_get_file(store: Store, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_list_jobs(store: Store, args: argparse.Namespace, out: TextIO) -> int:
-    jobs = [j for j in store.list_jobs() if not args.pipeline or j["pipeline"] == args.pipeline]
+    jobs = [j for j in store.list_jobs() if not args.pipeline or j.pipeline == args.pipeline]
     print(
         f"{'JOB':<34} {'PIPELINE':<16} {'STATE':<8} {'PROC':>5} {'SKIP':>5} {'FAIL':>5} {'SECS':>7}  STARTED",
         file=out,
     )
     for j in jobs:
         print(
-            f"{j['id']:<34} {j['pipeline']:<16} {j['state']:<8} {j.get('processed', 0):>5} "
-            f"{j.get('skipped', 0):>5} {j.get('failed', 0):>5} {j.get('seconds', 0):>7}  {j['started']}",
+            f"{j.id:<34} {j.pipeline:<16} {j.state:<8} {j.processed:>5} "
+            f"{j.skipped:>5} {j.failed:>5} {0 if j.seconds is None else j.seconds:>7}  {j.started}",
             file=out,
         )
-        if j.get("reason"):
-            print(f"{'':<34} {j['reason']}", file=out)
+        if j.reason:
+            print(f"{'':<34} {j.reason}", file=out)
     return 0
 
 
@@ -171,17 +172,17 @@ def cmd_logs(store: Store, args: argparse.Namespace, out: TextIO) -> int:
     if args.job:
         job = store.job(args.job)
     else:
-        jobs = [j for j in store.list_jobs() if not args.pipeline or j["pipeline"] == args.pipeline]
+        jobs = [j for j in store.list_jobs() if not args.pipeline or j.pipeline == args.pipeline]
         if not jobs:
             raise StoreError("logs: no jobs yet")
         job = jobs[-1]
-    for datum in job.get("datums", []):
-        if args.datum and not datum["id"].startswith(args.datum):
+    for datum in job.datums:
+        if args.datum and not datum.id.startswith(args.datum):
             continue
-        path = store.log_path(datum.get("from_job") or job["id"], datum["id"])
+        path = store.log_path(datum.from_job or job.id, datum.id)
         print(
-            f"=== {job['pipeline']} job {job['id']} datum {datum['id']} ({datum['inputs']}) {datum['state']}"
-            + (f" (reused from job {datum['from_job']})" if datum.get("from_job") else ""),
+            f"=== {job.pipeline} job {job.id} datum {datum.id} ({datum.inputs}) {datum.state}"
+            + (f" (reused from job {datum.from_job})" if datum.from_job else ""),
             file=out,
         )
         if path.exists():
