@@ -69,31 +69,37 @@ def cmd_put_file(store: Store, args: argparse.Namespace, out: TextIO) -> int:
             store.create_repo(repo)
         head = store.head(repo)
         files = dict(head.files) if head else {}
-        added = 0
-        for source in sources:
-            if not source.exists():
-                raise StoreError(f"put-file: {source} does not exist")
-            if single_file:
-                pairs = [(source, target)]
-            elif source.is_dir():
-                pairs = [
-                    (p, "/".join(filter(None, [target, p.relative_to(source).as_posix()])))
-                    for p in sorted(source.rglob("*"))
-                    if p.is_file()
-                ]
-            else:
-                pairs = [(source, "/".join(filter(None, [target, source.name])))]
-            for path, rel in pairs:
-                try:
-                    rel = validate_file_path(rel)
-                except InvalidNameError as exc:
-                    raise StoreError(f"put-file: {path}: {exc}") from exc
-                sha, size = store.put_object(path)
-                files[rel] = {"sha256": sha, "size": size}
-                added += 1
+        pairs = [pair for source in sources for pair in _put_pairs(source, target, bool(single_file))]
+        for path, rel in pairs:
+            sha, size = store.put_object(path)
+            files[rel] = {"sha256": sha, "size": size}
         commit_obj = store.write_commit(repo, dict(sorted(files.items())), origin="put-file")
-    print(f"{repo}@{commit_obj.id}: {added} file(s) put, {len(files)} in the commit", file=out)
+    print(f"{repo}@{commit_obj.id}: {len(pairs)} file(s) put, {len(files)} in the commit", file=out)
     return 0
+
+
+def _put_pairs(source: Path, target: str, single_file: bool) -> list[tuple[Path, str]]:
+    """(local file, store key) of each file ``put-file`` adds from ``source``; a folder is refused whole
+    when one of its names is not a valid PFS path."""
+    if not source.exists():
+        raise StoreError(f"put-file: {source} does not exist")
+    if single_file:
+        pairs = [(source, target)]
+    elif source.is_dir():
+        pairs = [
+            (p, "/".join(filter(None, [target, p.relative_to(source).as_posix()])))
+            for p in sorted(source.rglob("*"))
+            if p.is_file()
+        ]
+    else:
+        pairs = [(source, "/".join(filter(None, [target, source.name])))]
+    checked = []
+    for path, rel in pairs:
+        try:
+            checked.append((path, validate_file_path(rel)))
+        except InvalidNameError as exc:
+            raise StoreError(f"put-file: {path}: {exc}") from exc
+    return checked
 
 
 def cmd_delete_file(store: Store, args: argparse.Namespace, out: TextIO) -> int:
