@@ -6,7 +6,7 @@ One typed record read by the runner, the store (base jobs, recovery) and the CLI
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -44,16 +44,7 @@ class DatumRecord:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> DatumRecord:
-        return cls(
-            id=data["id"],
-            datum_id=data.get("datum_id", ""),
-            inputs=data.get("inputs", ""),
-            state=data["state"],
-            tries=data.get("tries", 0),
-            seconds=data.get("seconds", 0.0),
-            error=data.get("error", ""),
-            from_job=data.get("from_job"),
-        )
+        return cls(**_known(cls, data))
 
 
 @dataclass
@@ -113,46 +104,22 @@ class JobRecord:
         self.failed = sum(d.state == "failed" for d in datums)
 
     def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "id": self.id,
-            "pipeline": self.pipeline,
-            "spec": self.spec,
-            "spec_version": self.spec_version,
-            "inputs": self.inputs,
-            "started": self.started,
-            "state": self.state,
-            "reason": self.reason,
-            "processed": self.processed,
-            "skipped": self.skipped,
-            "failed": self.failed,
-            "output_commit": self.output_commit,
-            "datums": [d.to_json() for d in self.datums],
-        }
-        if self.finished is not None:
-            data["finished"] = self.finished
-        if self.seconds is not None:
-            data["seconds"] = self.seconds
-        if self.resumable:
-            data["resumable"] = True
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "datums"}
+        for optional in ("finished", "seconds"):
+            if data[optional] is None:
+                del data[optional]
+        if not self.resumable:
+            del data["resumable"]
+        data["datums"] = [d.to_json() for d in self.datums]
         return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> JobRecord:
-        return cls(
-            id=data["id"],
-            pipeline=data["pipeline"],
-            spec=data.get("spec", ""),
-            spec_version=data.get("spec_version", ""),
-            inputs=data.get("inputs", {}),
-            started=data.get("started", ""),
-            state=data.get("state", "running"),
-            reason=data.get("reason", ""),
-            finished=data.get("finished"),
-            seconds=data.get("seconds"),
-            processed=data.get("processed", 0),
-            skipped=data.get("skipped", 0),
-            failed=data.get("failed", 0),
-            output_commit=data.get("output_commit"),
-            resumable=data.get("resumable", False),
-            datums=[DatumRecord.from_json(d) for d in data.get("datums", [])],
-        )
+        known = _known(cls, data)
+        known["datums"] = [DatumRecord.from_json(d) for d in data.get("datums", [])]
+        return cls(**known)
+
+
+def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """The keys of ``data`` that are fields of ``cls`` (a record written by another version may hold more)."""
+    return {f.name: data[f.name] for f in fields(cls) if f.name in data}
