@@ -379,8 +379,8 @@ class Runner:
         process outlives single datums: as in Pachyderm it gets no per-datum variables (they are in
         ``/pfs/.env``), but the stand-in ``pachctl`` first on PATH and the worker's socket."""
         path_map = container_paths(spec, self.local.secret_dirs, pfs)
-        plan = job_env(spec, self.local, path_map)
-        env = plan.env
+        env_plan = job_env(spec, self.local, path_map)
+        env = env_plan.env
         env.update(
             PPS_PIPELINE_NAME=spec.name,
             PPS_PROJECT_NAME=spec.project,
@@ -395,7 +395,7 @@ class Runner:
             prepend_path(env, str(batching.bin_dir))
             env[SOCKET_ENV] = batching.socket
         stdin = path_map.apply("\n".join(spec.stdin)) + "\n" if spec.stdin else None
-        return DatumCommand(path_map.apply_all(spec.cmd), env, stdin), plan.notes
+        return DatumCommand(path_map.apply_all(spec.cmd), env, stdin), env_plan.notes
 
     def _run_datum(self, plan: JobPlan, datum: Datum) -> DatumOutcome:
         """Up to ``datum_tries`` tries, each in a fresh sandbox."""
