@@ -6,7 +6,6 @@ few PFS/PPS calls deploy makes with python-pachyderm's own generated servicers, 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import subprocess
@@ -20,20 +19,14 @@ from google.protobuf import empty_pb2, json_format
 from python_pachyderm.proto.v2.pfs import pfs_pb2, pfs_pb2_grpc
 from python_pachyderm.proto.v2.pps import pps_pb2, pps_pb2_grpc
 
+from pachyderm_local import deploy as dr
+
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "scripts" / "deploy"
+DEPLOY_CLI = ROOT / "pachyderm_local" / "pachyderm_local" / "deploy_cli.py"
 SHA = "0123456789abcdef0123456789abcdef01234567"
 
 
-def _load_module():
-    spec = importlib.util.spec_from_file_location("deploy_requests", ROOT / "scripts" / "deploy_requests.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["deploy_requests"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-dr = _load_module()
 REPOS = dr.ImageRepositories.from_namespace("myorg")
 
 
@@ -468,7 +461,7 @@ def test_script_defaults_to_the_three_real_specs():
 
 def test_every_variable_the_deployment_tools_read_is_documented():
     docs = (ROOT / "docs" / "deployment.md").read_text()
-    names = set(re.findall(r'env\.get\("([A-Z_]+)"\)', DEPLOY.read_text()))
+    names = set(re.findall(r'env\.get\("([A-Z_]+)"\)', DEPLOY_CLI.read_text()))
     for script in ("create_secret.sh", "create_secret_db.sh"):
         names |= set(re.findall(r"\$\{?((?:PG|GOOGLE)_[A-Z_]+)", (ROOT / "scripts" / script).read_text()))
     workflow = (ROOT / ".github" / "workflows" / "ci.yml").read_text()

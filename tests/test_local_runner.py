@@ -115,8 +115,8 @@ def test_dag_runs_in_order_skips_unchanged_datums_and_mirrors_edits_and_deletes(
     ]
 
     jobs = Store(pl.root).list_jobs()
-    assert [j["pipeline"] for j in jobs] == ["upper", "count"] * 4
-    assert all(j["output_commit"] == j["id"] for j in jobs)
+    assert [j.pipeline for j in jobs] == ["upper", "count"] * 4
+    assert all(j.output_commit == j.id for j in jobs)
     listing = pl("list-jobs", "--pipeline", "upper")[1]
     assert len(listing.splitlines()) == 5 and "success" in listing
 
@@ -140,8 +140,8 @@ def test_datum_tries_retries_a_failing_datum_then_gives_up(pl, tmp_path):
     assert (code, out.strip()) == (1, "flaky: processed=0 skipped=1 failed=1")
     assert "raw:/y) failed: exit code 1" in err and "try 2" in err  # the log tail is shown
     job = Store(pl.root).list_jobs()[-1]
-    assert job["state"] == "failure" and job["output_commit"] is None
-    assert [d["tries"] for d in job["datums"] if d["state"] == "failed"] == [2]
+    assert job.state == "failure" and job.output_commit is None
+    assert [d.tries for d in job.datums if d.state == "failed"] == [2]
     logs = pl("logs", "--pipeline", "flaky")[1]
     assert "try 1/2" in logs and "try 2/2" in logs and "reused from job" in logs
 
@@ -210,17 +210,17 @@ def test_datum_sees_pachyderm_env_and_input_paths(pl, tmp_path):
     env = dict(line.split("=", 1) for line in pl("get-file", "envcheck:env")[1].splitlines())
     job = Store(pl.root).list_jobs()[-1]
     input_commit = Store(pl.root).head("raw").id
-    assert env["PACH_JOB_ID"] == job["id"] == env["PACH_OUTPUT_COMMIT_ID"]
-    assert env["PACH_DATUM_ID"] == job["datums"][0]["datum_id"]
+    assert env["PACH_JOB_ID"] == job.id == env["PACH_OUTPUT_COMMIT_ID"]
+    assert env["PACH_DATUM_ID"] == job.datums[0].datum_id
     # worker/common DatumID: BLAKE2b-256 of name, repo, branch and path (a folder ends with '/'), each
     # followed by its length as a big-endian int64
     digest = hashlib.blake2b(digest_size=32)
     for part in (b"raw", b"raw", b"master", b"/dir/"):
         digest.update(part + struct.pack(">q", len(part)))
     assert env["PACH_DATUM_ID"] == digest.hexdigest()
-    assert env["FILESET_ID"] == job["datums"][0]["id"]
+    assert env["FILESET_ID"] == job.datums[0].id
     assert env["PPS_PIPELINE_NAME"] == "envcheck" and env["PPS_PROJECT_NAME"] == "default"
-    assert env["PPS_SPEC_COMMIT"] == job["spec_version"] and env["PPS_POD_NAME"]
+    assert env["PPS_SPEC_COMMIT"] == job.spec_version and env["PPS_POD_NAME"]
     dotenv = dict(line.split("=", 1) for line in pl("get-file", "envcheck:dotenv")[1].splitlines())
     assert {k: v for k, v in env.items() if k in dotenv} == dotenv
     assert set(dotenv) == {"PACH_JOB_ID", "PACH_OUTPUT_COMMIT_ID", "PACH_DATUM_ID", "FILESET_ID", "raw"} | {
@@ -230,7 +230,7 @@ def test_datum_sees_pachyderm_env_and_input_paths(pl, tmp_path):
     assert env["raw_COMMIT"] == input_commit
     assert env["QA_MODEL"] == "/models/tiny" and env["SECRET_TOKEN"] == "from-env-file"
     assert pl("get-file", "envcheck:ls")[1] == "x.csv\n1"
-    assert not (pl.root / "tmp" / job["id"]).exists()  # sandboxes are removed
+    assert not (pl.root / "tmp" / job.id).exists()  # sandboxes are removed
 
 
 def test_cron_input_ticks_once_per_run_and_overwrite_keeps_one_tick(pl, tmp_path):
@@ -349,4 +349,4 @@ def test_a_path_cannot_be_both_a_file_and_a_folder(pl, tmp_path):
     )
     code, _, err = pl("run", spec)
     assert code == 1 and "clash: job" in err and "failed: output path 'x' was written by 2 datums" in err
-    assert [job["state"] for job in Store(pl.root).list_jobs() if job["pipeline"] == "clash"] == ["failure"]
+    assert [job.state for job in Store(pl.root).list_jobs() if job.pipeline == "clash"] == ["failure"]

@@ -81,7 +81,7 @@ def test_one_process_serves_every_datum_and_reruns_skip(tmp_path, run):
     assert starts(counter) == 1
     assert run(root, "get-file", "upper:b")[1] == "BANANA\n"
     job = Store(root).list_jobs()[-1]
-    logs = [(root / "logs" / job["id"] / f"{d['id']}.log").read_text() for d in job["datums"]]
+    logs = [(root / "logs" / job.id / f"{d.id}.log").read_text() for d in job.datums]
     assert sum("process up" in text for text in logs) == 1  # start-up output lands in the first datum's log
     assert sorted(next(line for line in t.splitlines() if line.startswith("did")) for t in logs) == [
         "did a",
@@ -118,16 +118,16 @@ def test_a_crash_fails_the_datum_in_flight_and_a_fresh_process_retries_it(tmp_pa
     put(run, root, tmp_path / "src", {"a": "apple\n", "crash": "boom\n", "z": "zebra\n"})
     assert run(root, "run", batched_spec(tmp_path, counter)) == (0, "upper: processed=3 skipped=0 failed=0\n")
     assert starts(counter) == 2
-    crash = next(d for d in Store(root).list_jobs()[-1]["datums"] if "crash" in json.dumps(d["inputs"]))
-    assert crash["tries"] == 2 and crash["state"] == "success"
+    crash = next(d for d in Store(root).list_jobs()[-1].datums if "crash" in d.inputs)
+    assert crash.tries == 2 and crash.state == "success"
     assert run(root, "get-file", "upper:crash")[1] == "BOOM\n"
 
     put(run, root, tmp_path / "src", {"poison": "x\n"})
     code, out = run(root, "run", batched_spec(tmp_path, counter, tries=2))
     assert (code, out) == (1, "upper: processed=0 skipped=3 failed=1\n")
     assert starts(counter) == 4  # two tries, each in a fresh process
-    poison = Store(root).list_jobs()[-1]["datums"][0]
-    assert (poison["state"], poison["tries"], poison["error"]) == ("failed", 2, "exit code 7")
+    poison = Store(root).list_jobs()[-1].datums[0]
+    assert (poison.state, poison.tries, poison.error) == ("failed", 2, "exit code 7")
 
 
 # -- Pachyderm's TestDatumBatching (src/server/pachyderm_test.go), carried over ------------------------
@@ -177,9 +177,9 @@ LOOP_BODY = 'if [ ! -f "$EXEC" ]; then touch "$EXEC"; {first_time}; fi; cp /pfs/
 def test_datum_batching_succeeds(tmp_path, run, case, first_time, extra):
     script = "while true\ndo\n  pachctl next datum\n  " + LOOP_BODY.format(first_time=first_time) + "\ndone\n"
     code, out, job = datum_batching_job(tmp_path, run, script, **extra)
-    assert (code, job["state"]) == (0, "success"), out
+    assert (code, job.state) == (0, "success"), out
     assert output_files(run, tmp_path / "root") == [f"/file-{i:02d}" for i in range(NUM_FILES)]
-    retried = [d for d in job["datums"] if d["tries"] > 1]
+    retried = [d for d in job.datums if d.tries > 1]
     assert len(retried) == (0 if case == "Basic" else 1)
 
 
@@ -192,8 +192,8 @@ def test_datum_batching_succeeds(tmp_path, run, case, first_time, extra):
 )
 def test_datum_batching_fails_the_job(tmp_path, run, case, script, state):
     code, _, job = datum_batching_job(tmp_path, run, script, datum_tries=1)
-    assert (code, job["state"]) == (1, state)
-    assert job["failed"] == NUM_FILES
+    assert (code, job.state) == (1, state)
+    assert job.failed == NUM_FILES
 
 
 def test_datum_batching_job_timeout_kills_the_job_and_its_processes(tmp_path, run):
@@ -201,8 +201,8 @@ def test_datum_batching_job_timeout_kills_the_job_and_its_processes(tmp_path, ru
     code, _, job = datum_batching_job(
         tmp_path, run, f"sleep 3600 & echo $! >> {pids}; echo $$ >> {pids}; wait", job_timeout="2s"
     )
-    assert (code, job["state"]) == (1, "killed")
-    assert job["reason"] == "job timed out after 2s (job_timeout)"
+    assert (code, job.state) == (1, "killed")
+    assert job.reason == "job timed out after 2s (job_timeout)"
     assert [p for p in pids.read_text().split() if alive(int(p))] == []
 
 
@@ -212,19 +212,17 @@ def test_datum_batching_env_file_gives_each_datum_its_id(tmp_path, run):
         '  if [ -z "$PACH_DATUM_ID" ]; then exit 1; fi\n  touch /pfs/out/$PACH_DATUM_ID\ndone\n'
     )
     code, _, job = datum_batching_job(tmp_path, run, script)
-    assert (code, job["state"]) == (0, "success")
+    assert (code, job.state) == (0, "success")
     assert sorted(p.lstrip("/") for p in output_files(run, tmp_path / "root")) == sorted(
-        d["datum_id"] for d in job["datums"]
+        d.datum_id for d in job.datums
     )
 
 
 def test_user_code_that_exits_before_its_first_datum_fails_the_job(tmp_path, run):
     code, out, job = datum_batching_job(tmp_path, run, "echo loading; exit 3\n")
     assert (code, out) == (1, "batching: processed=0 skipped=0 failed=0\n")
-    assert job["state"] == "failure"
-    assert job["reason"].startswith(
-        "the user code exited (exit code 3) before its first `pachctl next datum`"
-    )
+    assert job.state == "failure"
+    assert job.reason.startswith("the user code exited (exit code 3) before its first `pachctl next datum`")
 
 
 def test_the_user_code_starts_once_per_datum_set(tmp_path, run):

@@ -224,6 +224,22 @@ def test_env_precedence_spec_then_files_then_flags_and_secrets():
     assert any("PG_HOST not found" in n for n in plan.notes)
 
 
+def test_env_file_keys_for_a_spec_without_secrets_are_taken_and_named():
+    spec = _spec("p", _pfs("raw"), env={"QA_MODEL": "hub/model"})
+    plan = job_env(spec, LocalEnv(process={}, files={"EXTRA": "x"}, file_names=".env"), PathMap.of({}))
+    assert plan.env == {"QA_MODEL": "hub/model", "EXTRA": "x"}
+    assert plan.notes == ["taken from .env: EXTRA (values not shown)"]
+
+
+def test_an_unmapped_secret_mount_is_noted_with_or_without_env_files():
+    spec = _spec("p", _pfs("raw"), secrets=[{"name": "gcs", "mount_path": "/var/secrets/gcs"}])
+    for files in ({}, {"EXTRA": "x"}):
+        plan = job_env(spec, LocalEnv(process={}, files=files), PathMap.of({}))
+        assert "secret 'gcs' (mount_path /var/secrets/gcs) has no local folder; skipped" in plan.notes
+    mapped = LocalEnv(process={}, secret_dirs={"gcs": "/keys"})
+    assert not job_env(spec, mapped, PathMap.of({"/var/secrets/gcs": "/keys"})).notes
+
+
 @pytest.mark.parametrize(
     ("text", "seconds"),
     [

@@ -358,7 +358,7 @@ def test_cron_ticks_are_rfc3339_seconds_one_datum_each(pl, tmp_path):
     ticks = sorted(Store(pl.root).head("clock_tick").files)
     assert len(ticks) == 2 and all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", t) for t in ticks)
     job = Store(pl.root).list_jobs()[-1]
-    assert [d["inputs"] for d in job["datums"]] == [f"tick:/{ticks[1]}", f"tick:/{ticks[0]}"]
+    assert [d.inputs for d in job.datums] == [f"tick:/{ticks[1]}", f"tick:/{ticks[0]}"]
     assert pl("get-file", f"clock:{ticks[1]}")[1] == ticks[1] + "\n"  # /pfs/tick holds its own tick only
 
 

@@ -151,7 +151,7 @@ def test_a_hand_edited_commit_cannot_write_outside_the_sandbox(pl, tmp_path):
     code, _, err = pl("run", spec)
     assert code == 2 and "relative file paths are not allowed" in err
     assert not list(tmp_path.rglob("escaped.csv"))
-    assert [j["state"] for j in Store(pl.root).list_jobs()] == ["failure"]
+    assert [j.state for j in Store(pl.root).list_jobs()] == ["failure"]
 
 
 def test_an_output_file_name_pfs_cannot_hold_fails_the_datum(pl, tmp_path):
@@ -238,15 +238,15 @@ def test_sigkill_of_the_runner_leaves_no_process_and_the_next_run_keeps_finished
     runner.wait()
     wait_for(lambda: not any(alive(p) for p in pids_in(pids)), "the datum's processes to be gone", 10)
     job = Store(pl.root).list_jobs()[-1]
-    assert job["state"] == "running"  # what the killed runner left
+    assert job.state == "running"  # what the killed runner left
 
     unblock.write_text("")
     code, out, err = pl("run", spec)
     assert (code, out.strip()) == (0, "copy: processed=2 skipped=8 failed=0")
     assert "was interrupted (the runner stopped); marked killed, its 8 finished datum(s) are reused" in err
-    killed = Store(pl.root).job(job["id"])
-    assert (killed["state"], killed["processed"]) == ("killed", 8)
-    assert not (pl.root / "tmp" / job["id"]).exists()
+    killed = Store(pl.root).job(job.id)
+    assert (killed.state, killed.processed) == ("killed", 8)
+    assert not (pl.root / "tmp" / job.id).exists()
     assert pl("get-file", "copy:f09")[1] == "9\n"
 
 
@@ -269,8 +269,8 @@ def test_sigterm_ends_every_datum_process_and_marks_the_job_killed(pl, tmp_path)
     assert "stopped by signal 15" in err
     assert not any(alive(p) for p in pids_in(pids))
     job = Store(pl.root).list_jobs()[-1]
-    assert job["state"] == "killed" and sum(d["state"] == "success" for d in job["datums"]) == 8
-    assert not (pl.root / "tmp" / job["id"]).exists()
+    assert job.state == "killed" and sum(d.state == "success" for d in job.datums) == 8
+    assert not (pl.root / "tmp" / job.id).exists()
 
 
 # -- full disk ---------------------------------------------------------------------------------------
@@ -300,7 +300,7 @@ def test_a_full_disk_fails_the_job_with_one_line_removes_partial_files_and_a_rer
     assert "Traceback" not in err
     assert list(pl.root.rglob(".tmp-*")) == []
     job = Store(pl.root).list_jobs()[-1]
-    assert job["state"] == "failure" and "no space left" in job["reason"]
+    assert job.state == "failure" and "no space left" in job.reason
     assert Store(pl.root).head("big") is None
 
     monkeypatch.delenv(DISK_FULL_FAULT_ENV)
@@ -389,5 +389,5 @@ def test_job_timeout_kills_the_job_and_every_datum_process(pl, tmp_path):
     assert out.strip() == "slow: processed=0 skipped=0 failed=1"  # the datum in flight; the other never ran
     assert code == 1 and "slow: job" in err and "was killed: job timed out after 1s (job_timeout)" in err
     job = Store(pl.root).list_jobs()[-1]
-    assert job["state"] == "killed" and Store(pl.root).head("slow") is None
+    assert job.state == "killed" and Store(pl.root).head("slow") is None
     assert pids_in(pids) and not any(alive(p) for p in pids_in(pids))

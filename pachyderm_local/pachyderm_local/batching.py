@@ -14,18 +14,22 @@ retries the whole job until it is stopped).
 
 from __future__ import annotations
 
+import enum
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from .datums import Datum
+from .jobs import DatumOutcome
 from .names import InvalidNameError
 from .procs import DatumCommand, GroupReaper, end_process, start_datum_process
 from .spec import PipelineSpec
@@ -38,6 +42,14 @@ _POLL_S = 0.2
 
 class UserCodeExited(Exception):
     """Batched user code ended before asking for its first datum: the job fails (Pachyderm: datum set)."""
+
+
+@dataclass(frozen=True)
+class BatchingLink:
+    """How a batching worker's user code reaches it: the stand-in ``pachctl`` and the worker's socket."""
+
+    bin_dir: Path
+    socket: str
 
 
 def write_pachctl(bin_dir: Path) -> Path:
@@ -86,75 +98,179 @@ class DatumQueue:
             return self._items.popleft() if self._items else None
 
 
+class BatchHost(Protocol):
+    """What a worker needs from the runner for one job."""
+
+    def lay_out(self, pfs: Path, datum: Datum | None) -> None: ...
+
+    def command(self, pfs: Path, socket_path: str) -> DatumCommand:
+        """The user code's process, reaching this worker at ``socket_path``."""
+
+    def collect(self, outcome: DatumOutcome, pfs: Path) -> None:
+        """Store the datum's ``/pfs/out`` and mark it succeeded; InvalidNameError fails the try."""
+
+    def finish(self, outcome: DatumOutcome) -> None:
+        """Called once per datum the worker ends (succeeded, or failed every try)."""
+
+    def log_path(self, datum: Datum) -> Path: ...
+
+
+class ProcessEnd(enum.Enum):
+    """Why a user code process was ended."""
+
+    SET_DONE = "every datum of the set ended"
+    RESTART = "a try failed: a fresh process takes the rest of the set"
+    PREMATURE = "the user code exited before its first `pachctl next datum`"
+    STOPPED = "the job is stopping"
+
+
 class _Flight:
     """A datum handed to the user code and when its try started."""
 
-    def __init__(self, outcome: Any) -> None:
+    def __init__(self, outcome: DatumOutcome) -> None:
         self.outcome = outcome
         self.started = time.monotonic()
 
 
-def serve_worker(
-    *,
-    spec: PipelineSpec,
-    worker_dir: Path,
-    sets: DatumQueue,
-    make_outcome: Callable[[Datum], Any],
-    layout: Callable[[Datum, Path], None],
-    collect: Callable[[Any, Path], None],
-    finish: Callable[[Any], None],
-    command: Callable[[Path], DatumCommand],
-    log_path: Callable[[Datum], Path],
-    reaper: GroupReaper,
-    stop: threading.Event,
-) -> None:
-    """Run one worker slot until no datum set is left; ``finish`` is called once per datum it ends.
+class BatchWorker:
+    """One worker slot: takes datum sets until none is left, one user code process per set (and per
+    failed try); ``host.finish`` is called once per datum it ends."""
 
-    Raises UserCodeExited when the user code exits before its first ``pachctl next datum``.
-    """
-    worker_dir.mkdir(parents=True, exist_ok=True)
-    sock_dir = Path(tempfile.mkdtemp(prefix="pl-batch-"))  # unix socket paths must stay short
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
-            server.bind(str(sock_dir / "s"))
-            server.listen(4)
-            server.settimeout(_POLL_S)
-            worker = _Worker(spec, worker_dir, server, str(sock_dir / "s"), command, log_path, reaper, stop)
-            while not stop.is_set():
-                datum_set = sets.take()
-                if datum_set is None:
-                    return
-                worker.serve_set([make_outcome(d) for d in datum_set], layout, collect, finish)
-    finally:
-        shutil.rmtree(sock_dir, ignore_errors=True)
-
-
-class _Worker:
     def __init__(
         self,
         spec: PipelineSpec,
         worker_dir: Path,
-        server: socket.socket,
-        sock_path: str,
-        command: Callable[[Path], DatumCommand],
-        log_path: Callable[[Datum], Path],
+        host: BatchHost,
         reaper: GroupReaper,
         stop: threading.Event,
     ) -> None:
         self.spec = spec
+        self.worker_dir = worker_dir
         self.pfs = worker_dir / "pfs"
         self.worker_log = worker_dir / "worker.log"
-        self.server = server
-        self.sock_path = sock_path
-        self.command = command
-        self.log_path = log_path
+        self.host = host
         self.reaper = reaper
         self.stop = stop
         self.offset = 0
+        self.sock_path = ""
+        self.server: socket.socket | None = None
+        self.flight: _Flight | None = None
 
-    def flush_log(self, outcome: Any, note: str = "") -> None:
+    def run(self, sets: DatumQueue) -> None:
+        """Serve datum sets until none is left or the job stops.
+
+        Raises UserCodeExited when the user code exits before its first ``pachctl next datum``.
+        """
+        self.worker_dir.mkdir(parents=True, exist_ok=True)
+        sock_dir = Path(tempfile.mkdtemp(prefix="pl-batch-"))  # unix socket paths must stay short
+        self.sock_path = str(sock_dir / "s")
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+                server.bind(self.sock_path)
+                server.listen(4)
+                server.settimeout(_POLL_S)
+                self.server = server
+                while not self.stop.is_set():
+                    datum_set = sets.take()
+                    if datum_set is None:
+                        return
+                    self._serve_set(datum_set)
+        finally:
+            shutil.rmtree(sock_dir, ignore_errors=True)
+
+    def _serve_set(self, datums: list[Datum]) -> None:
+        """Start the user code for a datum set and feed it the set's datums, restarting it after a
+        failed try, until every datum of the set has ended."""
+        pending: deque[DatumOutcome] = deque(DatumOutcome(d) for d in datums)
+        while pending and not self.stop.is_set():
+            self.host.lay_out(self.pfs, None)
+            proc = self._start()
+            if self._serve_process(proc, pending) is ProcessEnd.PREMATURE:
+                code = proc.returncode
+                what = f"the user code exited (exit code {code}) before its first `pachctl next datum`"
+                self._flush_log(pending[0], what)
+                log = f"the log of datum {pending[0].datum.id[:12]}"
+                raise UserCodeExited(f"{what} (its output is in {log})")
+
+    def _start(self) -> subprocess.Popen:
+        command = self.host.command(self.pfs, self.sock_path)
+        with open(self.worker_log, "ab") as out:
+            self.offset = out.tell()
+            try:
+                return start_datum_process(command, out, self.reaper)
+            except OSError as exc:
+                raise UserCodeExited(f"cannot start {command.argv[0]!r}: {exc}") from exc
+
+    def _serve_process(self, proc: subprocess.Popen, pending: deque[DatumOutcome]) -> ProcessEnd:
+        """Answer one user code process's ``pachctl next datum`` calls until it has to end."""
+        assert self.server is not None
+        self.flight = None
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except TimeoutError:
+                end = self._check_process(proc, pending)
+            else:
+                with conn:
+                    end = self._answer(conn, proc, pending)
+            if end is not None:
+                return end
+
+    def _check_process(self, proc: subprocess.Popen, pending: deque[DatumOutcome]) -> ProcessEnd | None:
+        """No call for a while: end the process if it exited, passed ``datum_timeout`` or the job stops."""
+        flight, timeout = self.flight, self.spec.datum_timeout_s
+        timed_out = flight is not None and timeout is not None and time.monotonic() - flight.started > timeout
+        if proc.poll() is None and not timed_out and not self.stop.is_set():
+            return None
+        code = end_process(proc, self.reaper)
+        if self.stop.is_set():
+            return ProcessEnd.STOPPED
+        if flight is None:
+            return ProcessEnd.PREMATURE
+        self._fail_try(flight, f"timed out after {timeout:g}s" if timed_out else f"exit code {code}", pending)
+        return ProcessEnd.RESTART
+
+    def _answer(
+        self, conn: socket.socket, proc: subprocess.Popen, pending: deque[DatumOutcome]
+    ) -> ProcessEnd | None:
+        """One ``next`` (the datum in flight succeeded) or ``error MSG`` (it failed) from ``pachctl``."""
+        conn.settimeout(None)
+        verb, _, user_error = conn.makefile("r").readline().rstrip("\n").partition(" ")
+        if verb not in ("next", "error"):
+            conn.sendall(b"error: expected 'next' or 'error MSG'\n")
+            return None
+        if verb == "error" and self.flight is not None:
+            # `pachctl next datum --error MSG`: the try fails and the user code restarts.
+            end_process(proc, self.reaper)
+            self._fail_try(self.flight, f"user code reported: {user_error}", pending)
+            return ProcessEnd.RESTART
+        if self.flight is not None:
+            self._succeed(self.flight, pending)
+            self.flight = None
+        if not pending or self.stop.is_set():
+            end_process(proc, self.reaper)
+            return ProcessEnd.SET_DONE
+        outcome = pending.popleft()
+        self.flight = self._start_try(outcome, proc.pid)
+        self.host.lay_out(self.pfs, outcome.datum)
+        self.flight.started = time.monotonic()
+        conn.sendall(b"go\n")
+        return None
+
+    def _succeed(self, flight: _Flight, pending: deque[DatumOutcome]) -> None:
+        outcome = flight.outcome
+        outcome.seconds += time.monotonic() - flight.started
+        try:
+            self.host.collect(outcome, self.pfs)
+            self._flush_log(outcome, f"try {outcome.tries}: success")
+            self.host.finish(outcome)
+        except InvalidNameError as exc:
+            outcome.ok = False
+            self._fail_try(flight, f"cannot upload an output file: {exc}", pending)
+
+    def _flush_log(self, outcome: DatumOutcome, note: str = "") -> None:
         """Move the user code's output since the last flush into the datum's log."""
-        path = self.log_path(outcome.datum)
+        path = self.host.log_path(outcome.datum)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.worker_log, "rb") as src, open(path, "ab") as dst:
             src.seek(self.offset)
@@ -163,9 +279,9 @@ class _Worker:
             if note:
                 dst.write(f"[pachyderm-local] {note}\n".encode())
 
-    def start_try(self, outcome: Any, pid: int) -> _Flight:
+    def _start_try(self, outcome: DatumOutcome, pid: int) -> _Flight:
         outcome.tries += 1
-        path = self.log_path(outcome.datum)
+        path = self.host.log_path(outcome.datum)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a", encoding="utf-8") as log:
             log.write(
@@ -174,102 +290,12 @@ class _Worker:
             )
         return _Flight(outcome)
 
-    def fail_try(self, flight: _Flight, error: str, pending: deque, finish: Callable[[Any], None]) -> None:
+    def _fail_try(self, flight: _Flight, error: str, pending: deque[DatumOutcome]) -> None:
         outcome = flight.outcome
         outcome.seconds += time.monotonic() - flight.started
         outcome.error = error
-        self.flush_log(outcome, f"try {outcome.tries}: {error}")
+        self._flush_log(outcome, f"try {outcome.tries}: {error}")
         if outcome.tries < self.spec.datum_tries:
             pending.appendleft(outcome)  # retried first, by a fresh process
         else:
-            finish(outcome)
-
-    def serve_set(
-        self,
-        outcomes: list[Any],
-        layout: Callable[[Datum, Path], None],
-        collect: Callable[[Any, Path], None],
-        finish: Callable[[Any], None],
-    ) -> None:
-        """Start the user code for a datum set and feed it the set's datums, restarting it after a
-        failed try, until every datum of the set has ended."""
-        pending: deque = deque(outcomes)
-        while pending and not self.stop.is_set():
-            shutil.rmtree(self.pfs, ignore_errors=True)
-            (self.pfs / "out").mkdir(parents=True)
-            base = self.command(self.pfs)
-            process = DatumCommand(base.argv, {**base.env, SOCKET_ENV: self.sock_path}, base.stdin)
-            with open(self.worker_log, "ab") as out:
-                self.offset = out.tell()
-                try:
-                    proc = start_datum_process(process, out, self.reaper)
-                except OSError as exc:
-                    raise UserCodeExited(f"cannot start {process.argv[0]!r}: {exc}") from exc
-            ended = self._serve_process(proc, pending, layout, collect, finish)
-            if ended == "premature":
-                code = proc.returncode
-                what = f"the user code exited (exit code {code}) before its first `pachctl next datum`"
-                self.flush_log(pending[0], what)
-                log = f"the log of datum {pending[0].datum.id[:12]}"
-                raise UserCodeExited(f"{what} (its output is in {log})")
-
-    def _serve_process(
-        self,
-        proc: Any,
-        pending: deque,
-        layout: Callable[[Datum, Path], None],
-        collect: Callable[[Any, Path], None],
-        finish: Callable[[Any], None],
-    ) -> str:
-        """Serve one user code process; returns why it ended: set done, restart, premature or stopped."""
-        spec = self.spec
-        flight: _Flight | None = None
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except TimeoutError:
-                timed_out = (
-                    flight is not None
-                    and spec.datum_timeout_s is not None
-                    and time.monotonic() - flight.started > spec.datum_timeout_s
-                )
-                if proc.poll() is None and not timed_out and not self.stop.is_set():
-                    continue
-                code = end_process(proc, self.reaper)
-                if self.stop.is_set():
-                    return "stopped"
-                if flight is None:
-                    return "premature"
-                error = f"timed out after {spec.datum_timeout_s:g}s" if timed_out else f"exit code {code}"
-                self.fail_try(flight, error, pending, finish)
-                return "restart"
-            with conn:
-                conn.settimeout(None)
-                verb, _, user_error = conn.makefile("r").readline().rstrip("\n").partition(" ")
-                if verb not in ("next", "error"):
-                    conn.sendall(b"error: expected 'next' or 'error MSG'\n")
-                    continue
-                if verb == "error" and flight is not None:
-                    # `pachctl next datum --error MSG`: the try fails and the user code restarts.
-                    end_process(proc, self.reaper)
-                    self.fail_try(flight, f"user code reported: {user_error}", pending, finish)
-                    return "restart"
-                if flight is not None:
-                    outcome = flight.outcome
-                    outcome.seconds += time.monotonic() - flight.started
-                    try:
-                        collect(outcome, self.pfs)
-                        self.flush_log(outcome, f"try {outcome.tries}: success")
-                        finish(outcome)
-                    except InvalidNameError as exc:
-                        outcome.ok = False
-                        self.fail_try(flight, f"cannot upload an output file: {exc}", pending, finish)
-                    flight = None
-                if not pending or self.stop.is_set():
-                    end_process(proc, self.reaper)
-                    return "done"
-                outcome = pending.popleft()
-                flight = self.start_try(outcome, proc.pid)
-                layout(outcome.datum, self.pfs)
-                flight.started = time.monotonic()
-                conn.sendall(b"go\n")
+            self.host.finish(outcome)

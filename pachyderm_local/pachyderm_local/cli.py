@@ -21,7 +21,8 @@ from .envs import EnvFileError, LocalEnv, parse_assignments, parse_env_file
 from .names import InvalidNameError, clean_lookup_path, validate_file_path, validate_id, validate_name
 from .pathmap import UnsafePathError
 from .procs import GroupReaper
-from .runner import RunInterrupted, Runner, RunSettings, prepend_path, resolve_local_dir
+from .runner import RunInterrupted, Runner, RunSettings, resolve_local_dir
+from .sandbox import prepend_path
 from .spec import PfsInput, SpecError, leaf_inputs, load_spec
 from .store import Store, StoreError
 
@@ -68,31 +69,37 @@ def cmd_put_file(store: Store, args: argparse.Namespace, out: TextIO) -> int:
             store.create_repo(repo)
         head = store.head(repo)
         files = dict(head.files) if head else {}
-        added = 0
-        for source in sources:
-            if not source.exists():
-                raise StoreError(f"put-file: {source} does not exist")
-            if single_file:
-                pairs = [(source, target)]
-            elif source.is_dir():
-                pairs = [
-                    (p, "/".join(filter(None, [target, p.relative_to(source).as_posix()])))
-                    for p in sorted(source.rglob("*"))
-                    if p.is_file()
-                ]
-            else:
-                pairs = [(source, "/".join(filter(None, [target, source.name])))]
-            for path, rel in pairs:
-                try:
-                    rel = validate_file_path(rel)
-                except InvalidNameError as exc:
-                    raise StoreError(f"put-file: {path}: {exc}") from exc
-                sha, size = store.put_object(path)
-                files[rel] = {"sha256": sha, "size": size}
-                added += 1
+        pairs = [pair for source in sources for pair in _put_pairs(source, target, bool(single_file))]
+        for path, rel in pairs:
+            sha, size = store.put_object(path)
+            files[rel] = {"sha256": sha, "size": size}
         commit_obj = store.write_commit(repo, dict(sorted(files.items())), origin="put-file")
-    print(f"{repo}@{commit_obj.id}: {added} file(s) put, {len(files)} in the commit", file=out)
+    print(f"{repo}@{commit_obj.id}: {len(pairs)} file(s) put, {len(files)} in the commit", file=out)
     return 0
+
+
+def _put_pairs(source: Path, target: str, single_file: bool) -> list[tuple[Path, str]]:
+    """(local file, store key) of each file ``put-file`` adds from ``source``; a folder is refused whole
+    when one of its names is not a valid PFS path."""
+    if not source.exists():
+        raise StoreError(f"put-file: {source} does not exist")
+    if single_file:
+        pairs = [(source, target)]
+    elif source.is_dir():
+        pairs = [
+            (p, "/".join(filter(None, [target, p.relative_to(source).as_posix()])))
+            for p in sorted(source.rglob("*"))
+            if p.is_file()
+        ]
+    else:
+        pairs = [(source, "/".join(filter(None, [target, source.name])))]
+    checked = []
+    for path, rel in pairs:
+        try:
+            checked.append((path, validate_file_path(rel)))
+        except InvalidNameError as exc:
+            raise StoreError(f"put-file: {path}: {exc}") from exc
+    return checked
 
 
 def cmd_delete_file(store: Store, args: argparse.Namespace, out: TextIO) -> int:
@@ -151,19 +158,19 @@ def cmd_get_file(store: Store, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_list_jobs(store: Store, args: argparse.Namespace, out: TextIO) -> int:
-    jobs = [j for j in store.list_jobs() if not args.pipeline or j["pipeline"] == args.pipeline]
+    jobs = [j for j in store.list_jobs() if not args.pipeline or j.pipeline == args.pipeline]
     print(
         f"{'JOB':<34} {'PIPELINE':<16} {'STATE':<8} {'PROC':>5} {'SKIP':>5} {'FAIL':>5} {'SECS':>7}  STARTED",
         file=out,
     )
     for j in jobs:
         print(
-            f"{j['id']:<34} {j['pipeline']:<16} {j['state']:<8} {j.get('processed', 0):>5} "
-            f"{j.get('skipped', 0):>5} {j.get('failed', 0):>5} {j.get('seconds', 0):>7}  {j['started']}",
+            f"{j.id:<34} {j.pipeline:<16} {j.state:<8} {j.processed:>5} "
+            f"{j.skipped:>5} {j.failed:>5} {0 if j.seconds is None else j.seconds:>7}  {j.started}",
             file=out,
         )
-        if j.get("reason"):
-            print(f"{'':<34} {j['reason']}", file=out)
+        if j.reason:
+            print(f"{'':<34} {j.reason}", file=out)
     return 0
 
 
@@ -171,17 +178,17 @@ def cmd_logs(store: Store, args: argparse.Namespace, out: TextIO) -> int:
     if args.job:
         job = store.job(args.job)
     else:
-        jobs = [j for j in store.list_jobs() if not args.pipeline or j["pipeline"] == args.pipeline]
+        jobs = [j for j in store.list_jobs() if not args.pipeline or j.pipeline == args.pipeline]
         if not jobs:
             raise StoreError("logs: no jobs yet")
         job = jobs[-1]
-    for datum in job.get("datums", []):
-        if args.datum and not datum["id"].startswith(args.datum):
+    for datum in job.datums:
+        if args.datum and not datum.id.startswith(args.datum):
             continue
-        path = store.log_path(datum.get("from_job") or job["id"], datum["id"])
+        path = store.log_path(datum.from_job or job.id, datum.id)
         print(
-            f"=== {job['pipeline']} job {job['id']} datum {datum['id']} ({datum['inputs']}) {datum['state']}"
-            + (f" (reused from job {datum['from_job']})" if datum.get("from_job") else ""),
+            f"=== {job.pipeline} job {job.id} datum {datum.id} ({datum.inputs}) {datum.state}"
+            + (f" (reused from job {datum.from_job})" if datum.from_job else ""),
             file=out,
         )
         if path.exists():

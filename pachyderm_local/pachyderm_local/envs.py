@@ -85,52 +85,75 @@ def effective_spec_env(spec: PipelineSpec, local: LocalEnv) -> dict[str, str]:
 
 def job_env(spec: PipelineSpec, local: LocalEnv, secret_map: PathMap) -> EnvPlan:
     """The environment for every datum of ``spec`` (before Pachyderm's per-datum variables)."""
-    notes: list[str] = []
-    env = dict(local.process)
+    plan = EnvPlan(dict(local.process), [])
+    from_files = _add_env_files(plan, spec, local, secret_map)
+    _add_spec_env(plan, spec, local, secret_map)
+    for key, value in local.flags.items():
+        plan.env[key] = secret_map.apply(value)
+    from_files += _add_secrets(plan, spec, local, from_files)
+    if from_files:
+        plan.notes.append(
+            f"taken from {local.file_names}: {', '.join(sorted(from_files))} (values not shown)"
+        )
+    for secret in spec.secrets:
+        if secret.mount_path and secret.name not in local.secret_dirs:
+            plan.notes.append(
+                f"secret {secret.name!r} (mount_path {secret.mount_path}) has no local folder; skipped"
+            )
+    return plan
+
+
+def _add_env_files(plan: EnvPlan, spec: PipelineSpec, local: LocalEnv, secret_map: PathMap) -> list[str]:
+    """Env-file values for keys neither the spec, a secret nor ``--env`` sets; returns the keys taken."""
     secret_vars = {s.env_var for s in spec.secrets if s.env_var}
-    unmapped_mounts = [s for s in spec.secrets if s.mount_path and s.name not in local.secret_dirs]
-    from_files: list[str] = []
+    taken: list[str] = []
     for key, value in local.files.items():
-        if key in spec.env and key not in secret_vars:
-            if key not in local.flags:
-                notes.append(
-                    f"{key} from {local.file_names} ignored: the spec's transform.env sets it "
-                    f"(pass --env {key}=... to override it locally)"
-                )
+        if key in secret_vars or key in local.flags:
             continue
-        if key not in secret_vars and key not in local.flags:
-            env[key] = secret_map.apply(value)
-            from_files.append(key)
+        if key in spec.env:
+            plan.notes.append(
+                f"{key} from {local.file_names} ignored: the spec's transform.env sets it "
+                f"(pass --env {key}=... to override it locally)"
+            )
+            continue
+        plan.env[key] = secret_map.apply(value)
+        taken.append(key)
+    return taken
+
+
+def _add_spec_env(plan: EnvPlan, spec: PipelineSpec, local: LocalEnv, secret_map: PathMap) -> None:
+    """The spec's ``transform.env``, except keys ``--env`` sets and values pointing into an unmapped
+    secret mount (left unset, so clients fall back to their defaults)."""
+    unmapped_mounts = [s for s in spec.secrets if s.mount_path and s.name not in local.secret_dirs]
     for key, value in spec.env.items():
         if key in local.flags:
             continue
         hits = [s for s in unmapped_mounts if secret_map.mentions(value, s.mount_path)]
         if hits:
-            env.pop(key, None)
-            notes.append(
+            plan.env.pop(key, None)
+            plan.notes.append(
                 f"{key} left unset: it points into secret {hits[0].name!r} (mounted at "
                 f"{hits[0].mount_path}), which has no local folder (--secret-dir {hits[0].name}=DIR)"
             )
             continue
-        env[key] = secret_map.apply(value)
-    for key, value in local.flags.items():
-        env[key] = secret_map.apply(value)
+        plan.env[key] = secret_map.apply(value)
+
+
+def _add_secrets(plan: EnvPlan, spec: PipelineSpec, local: LocalEnv, from_files: list[str]) -> list[str]:
+    """Each secret's ``env_var`` from ``--env``, the env files or the process; returns the keys that
+    came from an env file and are not in ``from_files`` yet."""
+    taken: list[str] = []
     for secret in spec.secrets:
-        if secret.env_var:
-            found = local.lookup_secret(secret.env_var)
-            if found is None:
-                notes.append(
-                    f"secret {secret.name!r}: {secret.env_var} not found in --env, env files "
-                    "or the environment; left unset"
-                )
-            else:
-                env[secret.env_var] = found[0]
-                if found[1] == "file" and secret.env_var not in from_files:
-                    from_files.append(secret.env_var)
-    if from_files:
-        notes.append(f"taken from {local.file_names}: {', '.join(sorted(from_files))} (values not shown)")
-        if secret.mount_path and secret.name not in local.secret_dirs:
-            notes.append(
-                f"secret {secret.name!r} (mount_path {secret.mount_path}) has no local folder; skipped"
+        if not secret.env_var:
+            continue
+        found = local.lookup_secret(secret.env_var)
+        if found is None:
+            plan.notes.append(
+                f"secret {secret.name!r}: {secret.env_var} not found in --env, env files "
+                "or the environment; left unset"
             )
-    return EnvPlan(env, notes)
+            continue
+        plan.env[secret.env_var] = found[0]
+        if found[1] == "file" and secret.env_var not in from_files + taken:
+            taken.append(secret.env_var)
+    return taken

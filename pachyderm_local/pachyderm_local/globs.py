@@ -90,7 +90,25 @@ class _Lexer:
         r = self.read()
         if r == "":
             self.tokens.append(("eof", ""))
-        elif r == "{":
+        elif self._fetch_group_mark(r):
+            pass
+        elif r == "[":
+            self.tokens.append(("range_open", r))
+            self._fetch_range()
+        elif r in "@!^+":
+            self._capture_or_text(r)
+        elif r == "?":
+            self._fetch_question()
+        elif r == "*":
+            self._fetch_star()
+        else:
+            self.unread()
+            self._fetch_text(self._breakers())
+
+    def _fetch_group_mark(self, r: str) -> bool:
+        """``{`` ``,`` ``}`` of alternatives, ``(`` ``|`` ``)`` of captures; False when ``r`` is not one
+        here (a ``,`` outside ``{...}`` is text)."""
+        if r == "{":
             self.terms_level += 1
             self.tokens.append(("terms_open", r))
         elif r == "," and self.terms_level > 0:
@@ -100,47 +118,46 @@ class _Lexer:
             self.terms_level -= 1
         elif r == "|" and self.capture_level > 0:
             self.tokens.append(("separator", r))
-        elif r == "[":
-            self.tokens.append(("range_open", r))
-            self._fetch_range()
         elif r == "(":
             self.tokens.append(("capture_open", "@("))
             self.capture_level += 1
-        elif r in "@!^+":
-            self._capture_or_text(r)
         elif r == ")" and self.capture_level > 0:
             self.tokens.append(("capture_close", r))
             self.capture_level -= 1
-        elif r == "?":
-            if self.read() == "(":
-                self.tokens.append(("capture_open", "?("))
-                self.capture_level += 1
-            else:
-                self.unread()
-                self.tokens.append(("single", r))
-        elif r == "*":
-            nxt = self.read()
-            if nxt == "*":
-                if self.peek() == "(":
-                    self.unread()
-                    self.tokens.append(("any", r))
-                else:
-                    self.tokens.append(("super", "**"))
-            elif nxt == "(":
-                self.tokens.append(("capture_open", "*("))
-                self.capture_level += 1
-            else:
-                self.unread()
-                self.tokens.append(("any", r))
+        else:
+            return False
+        return True
+
+    def _fetch_question(self) -> None:
+        if self.read() == "(":
+            self.tokens.append(("capture_open", "?("))
+            self.capture_level += 1
         else:
             self.unread()
-            if self.terms_level > 0:
-                breakers = _TERMS_BREAKERS
-            elif self.capture_level > 0:
-                breakers = _CAPTURE_BREAKERS
+            self.tokens.append(("single", "?"))
+
+    def _fetch_star(self) -> None:
+        nxt = self.read()
+        if nxt == "*":
+            if self.peek() == "(":
+                self.unread()
+                self.tokens.append(("any", "*"))
             else:
-                breakers = _EXTENDED_BREAKERS
-            self._fetch_text(breakers)
+                self.tokens.append(("super", "**"))
+        elif nxt == "(":
+            self.tokens.append(("capture_open", "*("))
+            self.capture_level += 1
+        else:
+            self.unread()
+            self.tokens.append(("any", "*"))
+
+    def _breakers(self) -> str:
+        """What ends a run of text: more characters are special inside ``{...}`` and captures."""
+        if self.terms_level > 0:
+            return _TERMS_BREAKERS
+        if self.capture_level > 0:
+            return _CAPTURE_BREAKERS
+        return _EXTENDED_BREAKERS
 
     def _fetch_range(self) -> None:
         seen_not = in_posix = escaped = False
@@ -246,22 +263,7 @@ def _parse(glob: str) -> _Node:
         elif kind in ("any", "super", "single"):
             tree.insert(_Node(kind))
         elif kind == "range_open":
-            negate, chars = False, ""
-            while True:
-                kind, raw = lexer.next()
-                if kind == "eof":
-                    raise GlobError("unexpected end")
-                if kind == "error":
-                    raise GlobError(raw)
-                if kind == "not":
-                    negate = True
-                elif kind == "text":
-                    chars = raw
-                    for name, ranges in _POSIX.items():
-                        chars = chars.replace(name, ranges)
-                elif kind == "range_close":
-                    tree.insert(_Node("list", (negate, chars)))
-                    break
+            tree.insert(_parse_range(lexer))
         elif kind in ("terms_open", "capture_open"):
             group = tree.insert(_Node("any_of") if kind == "terms_open" else _Node("capture", raw[:1]))
             tree = group.insert(_Node("pattern"))
@@ -271,6 +273,25 @@ def _parse(glob: str) -> _Node:
             tree = _up(tree, 2)
         else:
             raise GlobError(f"unexpected token: {raw}")
+
+
+def _parse_range(lexer: _Lexer) -> _Node:
+    """The tokens of a ``[...]`` class after its ``[``, as one ``list`` node (negated, characters)."""
+    negate, chars = False, ""
+    while True:
+        kind, raw = lexer.next()
+        if kind == "eof":
+            raise GlobError("unexpected end")
+        if kind == "error":
+            raise GlobError(raw)
+        if kind == "not":
+            negate = True
+        elif kind == "text":
+            chars = raw
+            for name, ranges in _POSIX.items():
+                chars = chars.replace(name, ranges)
+        elif kind == "range_close":
+            return _Node("list", (negate, chars))
 
 
 # -- compiler (ohmyglob compiler) --------------------------------------------------------------------
@@ -294,18 +315,7 @@ def _compile_node(node: _Node) -> str:
     if node.kind == "pattern":
         return "".join(_compile_node(c) for c in node.children)
     if node.kind == "capture":
-        if not node.children:
-            return ""
-        quantifier = node.value
-        joiner = _CLOSE_NEG + "|" if quantifier == "!" else "|"
-        body = joiner.join(_compile_node(c) for c in node.children)
-        if quantifier in ("*", "?", "+"):
-            return f"((?:{body}){quantifier})"
-        if quantifier == "@":
-            return f"({body})"
-        if quantifier == "!":
-            return f"((?:(?!(?:{body}{_CLOSE_NEG})){_DOT}*))"
-        raise GlobError(f"unimplemented quatifier {quantifier}")
+        return _compile_capture(node)
     if node.kind == "any":
         return _DOT + "*" + _BOUNDARY
     if node.kind == "super":
@@ -318,6 +328,22 @@ def _compile_node(node: _Node) -> str:
     if node.kind == "text":
         return _quote_meta(str(node.value)) + _BOUNDARY
     raise GlobError("could not compile tree: unknown node type")
+
+
+def _compile_capture(node: _Node) -> str:
+    """An extglob capture: ``@(a|b)``, ``*(a)``, ``+(a)``, ``?(a)``, ``!(a)``."""
+    if not node.children:
+        return ""
+    quantifier = node.value
+    joiner = _CLOSE_NEG + "|" if quantifier == "!" else "|"
+    body = joiner.join(_compile_node(c) for c in node.children)
+    if quantifier in ("*", "?", "+"):
+        return f"((?:{body}){quantifier})"
+    if quantifier == "@":
+        return f"({body})"
+    if quantifier == "!":
+        return f"((?:(?!(?:{body}{_CLOSE_NEG})){_DOT}*))"
+    raise GlobError(f"unimplemented quatifier {quantifier}")
 
 
 def glob_regex(glob: str) -> str:

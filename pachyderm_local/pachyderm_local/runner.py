@@ -1,11 +1,16 @@
-"""Run pipeline specs as jobs against the local store: DAG order, datums, sandboxes, commits."""
+"""Run pipeline specs as jobs against the local store: DAG order, datums, sandboxes, commits.
+
+A job goes through four steps, each a method of ``Runner``: resolve its input commits (a cron input
+ticks), plan its datums (what to process, what to reuse), execute them (in a thread pool, or through
+datum batching workers) and commit the merged output. ``JobRecord`` carries the outcome to the store.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
 import errno
-import os
+import itertools
 import re
 import shutil
 import threading
@@ -13,22 +18,34 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
-from .batching import DatumQueue, UserCodeExited, datum_sets, serve_worker, write_pachctl
+from .batching import (
+    SOCKET_ENV,
+    BatchingLink,
+    BatchWorker,
+    DatumQueue,
+    UserCodeExited,
+    datum_sets,
+    write_pachctl,
+)
 from .dag import downstream_of, pipeline_order
 from .datums import CommitView, Datum, plan_datums, split_done
 from .envs import LocalEnv, effective_spec_env, job_env
+from .jobs import DatumOutcome, DatumRecord, JobRecord
 from .names import InvalidNameError, validate_file_path
 from .outputs import merge_outputs
 from .pathmap import PathMap
 from .procs import DatumCommand, GroupReaper, start_datum_process, wait_with_timeout
+from .sandbox import container_paths, datum_variables, lay_out, prepend_path
 from .spec import CronInput, PfsInput, PipelineSpec, SpecError, leaf_inputs, spec_version
 from .store import Store, new_id, now
 
 LOG_TAIL_LINES = 30
 _TICK = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -38,28 +55,23 @@ class RunSettings:
 
 
 @dataclass
-class JobResult:
-    pipeline: str
-    job_id: str
-    processed: int = 0
-    skipped: int = 0
-    failed: int = 0
-    state: str = "running"
-    reason: str = ""
-    output_commit: str | None = None
+class JobPlan:
+    """What a job will do, decided before anything runs: the datums to process and those to reuse."""
 
-    def summary_line(self) -> str:
-        return f"{self.pipeline}: processed={self.processed} skipped={self.skipped} failed={self.failed}"
+    spec: PipelineSpec
+    record: JobRecord
+    todo: list[Datum]
+    skip: list[Datum]
+    parallelism: int
+    finished: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
+    @property
+    def job_id(self) -> str:
+        return self.record.id
 
-@dataclass
-class _DatumOutcome:
-    datum: Datum
-    ok: bool
-    files: dict[str, dict[str, Any]] = field(default_factory=dict)
-    tries: int = 0
-    seconds: float = 0.0
-    error: str = ""
+    @property
+    def version(self) -> str:
+        return self.record.spec_version
 
 
 class DiskFullError(Exception):
@@ -72,6 +84,30 @@ class JobKilled(Exception):
 
 class RunInterrupted(BaseException):
     """The runner got SIGTERM or SIGINT: end every datum process group, mark the job killed, stop."""
+
+
+class _JobTimer:
+    """``job_timeout``: when it passes, ``on_fire`` ends every datum process group."""
+
+    def __init__(self, seconds: float | None, on_fire: Callable[[], None]) -> None:
+        self.seconds = seconds
+        self.fired = threading.Event()
+        self._on_fire = on_fire
+        self._timer = threading.Timer(seconds, self._fire) if seconds is not None else None
+        if self._timer is not None:
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _fire(self) -> None:
+        self.fired.set()
+        self._on_fire()
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def error(self) -> JobKilled:
+        return JobKilled(f"job timed out after {self.seconds:g}s (job_timeout)")
 
 
 class Runner:
@@ -91,22 +127,10 @@ class Runner:
             print(message, file=self.err, flush=True)
 
     # -- the DAG ---------------------------------------------------------------------------------
-    def run(self, specs: Sequence[PipelineSpec], out: TextIO) -> list[JobResult]:
+    def run(self, specs: Sequence[PipelineSpec], out: TextIO) -> list[JobRecord]:
         """Run every pipeline once, in dependency order; a failed job blocks its downstream."""
         ordered = pipeline_order(specs)
-        produced = {s.name for s in ordered}
-        for spec in ordered:
-            for leaf in leaf_inputs(spec.input):
-                if (
-                    isinstance(leaf, PfsInput)
-                    and leaf.repo not in produced
-                    and not self.store.repo_exists(leaf.repo)
-                ):
-                    raise SpecError(
-                        f"{spec.source}: input repo {leaf.repo!r} does not exist; create it with "
-                        f"'pachyderm-local create-repo {leaf.repo}' or 'put-file', "
-                        "or also pass the spec of the pipeline that writes it"
-                    )
+        self._check_inputs_exist(ordered)
         self.recover()
         blocked: set[str] = set()
         results = []
@@ -121,222 +145,165 @@ class Runner:
                 blocked |= downstream_of(spec.name, ordered)
         return results
 
+    def _check_inputs_exist(self, ordered: Sequence[PipelineSpec]) -> None:
+        produced = {s.name for s in ordered}
+        for spec in ordered:
+            for leaf in leaf_inputs(spec.input):
+                if (
+                    isinstance(leaf, PfsInput)
+                    and leaf.repo not in produced
+                    and not self.store.repo_exists(leaf.repo)
+                ):
+                    raise SpecError(
+                        f"{spec.source}: input repo {leaf.repo!r} does not exist; create it with "
+                        f"'pachyderm-local create-repo {leaf.repo}' or 'put-file', "
+                        "or also pass the spec of the pipeline that writes it"
+                    )
+
     def recover(self) -> None:
         """Close what a killed runner left: its jobs become ``killed`` (their finished datums are kept
         and reused), their sandboxes and the store's partial ``.tmp-*`` files are removed."""
         for record in self.store.mark_interrupted_jobs_killed():
-            done = sum(d["state"] == "success" for d in record["datums"])
             self.say(
-                f"{record['pipeline']}: job {record['id'][:12]} was interrupted (the runner stopped); "
-                f"marked killed, its {done} finished datum(s) are reused"
+                f"{record.pipeline}: job {record.id[:12]} was interrupted (the runner stopped); "
+                f"marked killed, its {record.processed} finished datum(s) are reused"
             )
-            shutil.rmtree(self.store.sandbox_dir(record["id"]), ignore_errors=True)
+            shutil.rmtree(self.store.sandbox_dir(record.id), ignore_errors=True)
         self.store.remove_partial_files()
 
-    # -- one job ---------------------------------------------------------------------------------
-    def run_job(self, spec: PipelineSpec) -> JobResult:
-        store = self.store
-        job_id = new_id()
-        result = JobResult(spec.name, job_id)
+    # -- one job: resolve, plan, execute, commit -------------------------------------------------
+    def run_job(self, spec: PipelineSpec) -> JobRecord:
+        """One job of ``spec``; its record (saved in the store) says how it ended."""
         started = time.monotonic()
-        store.create_repo(spec.name, exist_ok=True)
+        plan = self.plan(spec, self.resolve(spec))
+        job = plan.record
+        self.store.save_job(job)
+        self._announce(plan)
+        try:
+            outcomes = self.execute(plan)
+            ran = [o.record() for o in outcomes]
+            self.commit(plan, outcomes)
+        except RunInterrupted:
+            job.state, job.reason, job.resumable = "killed", "interrupted (SIGTERM or SIGINT)", True
+            job.finished, job.datums = now(), self.store.job_journal(job.id)
+            self.store.save_job(job)
+            raise
+        except (DiskFullError, UserCodeExited, JobKilled) as stopped:
+            ran = self.store.job_journal(job.id)
+            self._stopped(plan, stopped, ran)
+        except Exception as exc:  # a runner fault, not a datum's: the job must not stay "running" forever
+            job.state, job.reason, job.finished = "failure", f"runner error: {exc}", now()
+            self.store.save_job(job)
+            raise
+        finally:
+            if not self.settings.keep_sandboxes:
+                shutil.rmtree(self.store.sandbox_dir(job.id), ignore_errors=True)
+        job.finished, job.seconds = now(), round(time.monotonic() - started, 3)
+        job.datums = ran + [self._reused(plan, d) for d in plan.skip]
+        self.store.save_job(job)
+        return job
+
+    def resolve(self, spec: PipelineSpec) -> dict[str, CommitView]:
+        """The input commit of each input repo (a cron input ticks first); creates the output repo."""
+        self.store.create_repo(spec.name, exist_ok=True)
         commits: dict[str, CommitView] = {}
         for leaf in leaf_inputs(spec.input):
             if isinstance(leaf, CronInput):
                 commits[leaf.repo] = self._tick(leaf)
             else:
-                head = store.head(leaf.repo)
+                head = self.store.head(leaf.repo)
                 commits[leaf.repo] = CommitView(head.id, head.shas()) if head else CommitView("", {})
+        return commits
+
+    def plan(self, spec: PipelineSpec, commits: dict[str, CommitView]) -> JobPlan:
+        """The job's datums, split into those to process and those its base job already did."""
         version = spec_version(spec, effective_spec_env(spec, self.local))
-        datums = plan_datums(spec.input, commits)
         done = (
             set()
             if spec.reprocess_every_job
-            else store.base_job_datums(spec.name, version) & store.done_datums(spec.name, version)
+            else self.store.base_job_datums(spec.name, version) & self.store.done_datums(spec.name, version)
         )
-        todo, skip = split_done(datums, done)
-        result.skipped = len(skip)
-        record: dict[str, Any] = {
-            "id": job_id,
-            "pipeline": spec.name,
-            "spec": spec.source,
-            "spec_version": version,
-            "inputs": {repo: view.commit_id for repo, view in commits.items()},
-            "started": now(),
-            "state": "running",
-        }
-        store.save_job(record)
+        todo, skip = split_done(plan_datums(spec.input, commits), done)
+        record = JobRecord(
+            id=new_id(),
+            pipeline=spec.name,
+            spec=spec.source,
+            spec_version=version,
+            inputs={repo: view.commit_id for repo, view in commits.items()},
+            started=now(),
+            skipped=len(skip),
+        )
         parallelism = min(spec.parallelism, self.settings.max_parallelism or spec.parallelism)
+        return JobPlan(spec, record, todo, skip, parallelism)
+
+    def _announce(self, plan: JobPlan) -> None:
+        spec, todo, skip = plan.spec, plan.todo, plan.skip
         self.say(
-            f"{spec.name}: job {job_id[:12]}: {len(todo) + len(skip)} datums, {len(todo)} to process, "
-            f"{len(skip)} already done (spec version {version}), parallelism {parallelism}"
+            f"{spec.name}: job {plan.job_id[:12]}: {len(todo) + len(skip)} datums, {len(todo)} to process, "
+            f"{len(skip)} already done (spec version {plan.version}), parallelism {plan.parallelism}"
         )
         if todo:
             for note in job_env(spec, self.local, PathMap.of({})).notes:
                 self.say(f"{spec.name}: {note}")
-        outcomes: list[_DatumOutcome] = []
 
-        def journal(outcome: _DatumOutcome) -> None:
-            store.append_job_datum(job_id, _datum_entry(outcome))
-
+    def execute(self, plan: JobPlan) -> list[DatumOutcome]:
+        """Process the datums to do, under ``job_timeout``; raises JobKilled when it passes."""
         self._stop = threading.Event()
-        timed_out = threading.Event()
-
-        def job_timeout() -> None:
-            timed_out.set()
-            self._stop.set()
-            self.reaper.kill_all()
-
-        timer = threading.Timer(spec.job_timeout_s, job_timeout) if spec.job_timeout_s is not None else None
-        if timer is not None:
-            timer.daemon = True
-            timer.start()
+        timer = _JobTimer(plan.spec.job_timeout_s, self._stop_all)
         try:
-            outcomes = self._run_datums(spec, job_id, todo, version, parallelism, journal)
-            if timer is not None:
-                timer.cancel()
-            if timed_out.is_set():
-                raise JobKilled(f"job timed out after {spec.job_timeout_s:g}s (job_timeout)")
-            self._finish_job(spec, job_id, version, outcomes, skip, result)
-            entries = [_datum_entry(o) for o in outcomes]
-        except RunInterrupted:
-            record.update(
-                state="killed", reason="interrupted (SIGTERM or SIGINT)", finished=now(), resumable=True
-            )
-            record["datums"] = store.job_journal(job_id)
-            store.save_job(record)
-            raise
-        except (DiskFullError, UserCodeExited, JobKilled) as caught:
-            # a user code killed by the job timeout may report something else first
-            stopped: Exception = (
-                JobKilled(f"job timed out after {spec.job_timeout_s:g}s (job_timeout)")
-                if timed_out.is_set()
-                else caught
-            )
-            entries = store.job_journal(job_id)
-            result.state = "killed" if isinstance(stopped, JobKilled) else "failure"
-            result.reason = str(stopped)
-            result.processed = sum(e["state"] == "success" for e in entries)
-            result.failed = sum(e["state"] == "failed" for e in entries)
-            verb = "was killed" if result.state == "killed" else "failed"
-            self.say(f"{spec.name}: job {job_id[:12]} {verb}: {stopped}")
-        except Exception as exc:  # a runner fault, not a datum's: the job must not stay "running" forever
-            record.update(state="failure", reason=f"runner error: {exc}", finished=now())
-            store.save_job(record)
+            outcomes = self._run_datums(plan)
+        except (DiskFullError, UserCodeExited) as exc:
+            if timer.fired.is_set():  # user code killed by the job timeout may report something else first
+                raise timer.error() from exc
             raise
         finally:
-            if timer is not None:
-                timer.cancel()
-            if not self.settings.keep_sandboxes:
-                shutil.rmtree(store.sandbox_dir(job_id), ignore_errors=True)
-        record.update(
-            state=result.state,
-            reason=result.reason,
-            finished=now(),
-            seconds=round(time.monotonic() - started, 3),
-            processed=result.processed,
-            skipped=result.skipped,
-            failed=result.failed,
-            output_commit=result.output_commit,
-            datums=entries
-            + [
-                {
-                    "id": d.id,
-                    "datum_id": d.pach_id,
-                    "inputs": d.describe(),
-                    "state": "skipped",
-                    "from_job": store.datum_job(spec.name, version, d.id),
-                }
-                for d in skip
-            ],
-        )
-        store.save_job(record)
-        return result
+            timer.cancel()
+        if timer.fired.is_set():
+            raise timer.error()
+        return outcomes
 
-    def _run_datums(
-        self,
-        spec: PipelineSpec,
-        job_id: str,
-        todo: list[Datum],
-        version: str,
-        parallelism: int,
-        journal: Callable[[_DatumOutcome], None],
-    ) -> list[_DatumOutcome]:
-        """Process ``todo``; on an interrupt or a runner fault every datum process group is ended first."""
-        if not todo:
-            return []
-        if spec.datum_batching:
-            return self._run_batched(spec, job_id, todo, version, parallelism, journal)
-        counter = iter(range(1, len(todo) + 1))
-        pool = ThreadPoolExecutor(max_workers=parallelism)
-        try:
-            futures = [
-                pool.submit(
-                    self._stop_job_on_error,
-                    self._run_datum,
-                    spec,
-                    job_id,
-                    d,
-                    version,
-                    counter,
-                    len(todo),
-                    journal,
-                )
-                for d in todo
-            ]
-            return [f.result() for f in futures]
-        except BaseException:
-            self._stop.set()
-            self.reaper.kill_all()
-            raise
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-
-    def _stop_job_on_error(self, work: Callable[..., Any], *args: Any) -> Any:
-        """Run a pool task; a runner fault in it (a full disk, batched code that exits early) stops the
-        job's other datums before they start, whatever thread notices first."""
-        try:
-            return work(*args)
-        except BaseException:
-            self._stop.set()
-            raise
-
-    def _finish_job(
-        self,
-        spec: PipelineSpec,
-        job_id: str,
-        version: str,
-        outcomes: list[_DatumOutcome],
-        skip: list[Datum],
-        result: JobResult,
-    ) -> None:
+    def commit(self, plan: JobPlan, outcomes: list[DatumOutcome]) -> None:
         """Count the datums, then commit the merged output or record why the job failed."""
-        store = self.store
-        result.processed = sum(o.ok for o in outcomes)
-        result.failed = sum(not o.ok for o in outcomes)
-        if result.failed:
-            result.state = "failure"
-            result.reason = f"{result.failed} datum(s) failed"
-            for o in outcomes:
-                if not o.ok:
-                    self._show_failure(spec, job_id, o)
+        job = plan.record
+        job.count([o.record() for o in outcomes])
+        if job.failed:
+            job.state, job.reason = "failure", f"{job.failed} datum(s) failed"
+            for outcome in outcomes:
+                if not outcome.ok:
+                    self._show_failure(plan, outcome)
             return
         outputs = [(o.datum.id, o.files) for o in outcomes]
-        outputs += [(d.id, store.datum_output(spec.name, version, d.id)) for d in skip]
+        outputs += [(d.id, self.store.datum_output(plan.spec.name, plan.version, d.id)) for d in plan.skip]
         merged_shas, collisions = merge_outputs(
             (datum_id, {p: m["sha256"] for p, m in files.items()}) for datum_id, files in outputs
         )
         if collisions:
-            result.state = "failure"
-            result.reason = "; ".join(c.message() for c in collisions[:5])
-            self.say(f"{spec.name}: job {job_id[:12]} failed: {result.reason}")
+            job.state, job.reason = "failure", "; ".join(c.message() for c in collisions[:5])
+            self.say(f"{plan.spec.name}: job {job.id[:12]} failed: {job.reason}")
             return
         meta = {p: m for _, files in outputs for p, m in files.items()}
         files = {p: meta[p] for p in sorted(merged_shas)}
         with disk_full_is_a_job_failure("committing the job's output"):
-            commit = store.write_commit(spec.name, files, origin=f"job:{job_id}", commit_id=job_id)
-        result.output_commit = commit.id
-        result.state = "success"
+            commit = self.store.write_commit(plan.spec.name, files, origin=f"job:{job.id}", commit_id=job.id)
+        job.output_commit, job.state = commit.id, "success"
+
+    def _stopped(self, plan: JobPlan, stopped: Exception, ran: list[DatumRecord]) -> None:
+        """The job ended early (disk full, batched code exited, ``job_timeout``): nothing is committed."""
+        job = plan.record
+        job.state = "killed" if isinstance(stopped, JobKilled) else "failure"
+        job.reason = str(stopped)
+        job.count(ran)
+        verb = "was killed" if job.state == "killed" else "failed"
+        self.say(f"{plan.spec.name}: job {job.id[:12]} {verb}: {stopped}")
+
+    def _reused(self, plan: JobPlan, datum: Datum) -> DatumRecord:
+        return DatumRecord(
+            id=datum.id,
+            datum_id=datum.pach_id,
+            inputs=datum.describe(),
+            state="skipped",
+            from_job=self.store.datum_job(plan.spec.name, plan.version, datum.id),
+        )
 
     def _tick(self, cron: CronInput) -> CommitView:
         """One cron tick: an empty file named by the time in RFC 3339 (UTC, seconds), as Pachyderm's
@@ -350,17 +317,70 @@ class Runner:
         commit = self.store.write_commit(cron.repo, files, origin=f"cron:{cron.schedule}")
         return CommitView(commit.id, commit.shas())
 
+    # -- executing datums ------------------------------------------------------------------------
+    def _run_datums(self, plan: JobPlan) -> list[DatumOutcome]:
+        """Process the plan's datums; on an interrupt or a runner fault every datum process group is
+        ended first."""
+        if not plan.todo:
+            return []
+        if plan.spec.datum_batching:
+            return self._run_batched(plan)
+        return self._in_pool(plan.parallelism, [partial(self._run_datum, plan, d) for d in plan.todo])
+
+    def _in_pool(self, parallelism: int, tasks: list[Callable[[], _T]]) -> list[_T]:
+        """Run ``tasks`` on ``parallelism`` threads; the first runner fault (a full disk, batched code
+        that exits early, an interrupt) stops the job's other datums before they start and ends every
+        datum process group, whatever thread notices first."""
+        pool = ThreadPoolExecutor(max_workers=parallelism)
+        try:
+            futures = [pool.submit(self._stop_job_on_error, task) for task in tasks]
+            return [f.result() for f in futures]
+        except BaseException:
+            self._stop_all()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _stop_job_on_error(self, task: Callable[[], _T]) -> _T:
+        try:
+            return task()
+        except BaseException:
+            self._stop.set()
+            raise
+
+    def _stop_all(self) -> None:
+        self._stop.set()
+        self.reaper.kill_all()
+
+    def _finish_datum(self, plan: JobPlan, outcome: DatumOutcome) -> None:
+        """Journal a datum as soon as it ends (what a killed run keeps) and report it."""
+        self.store.append_job_datum(plan.job_id, outcome.record())
+        self.say(
+            f"{plan.spec.name}: datum {next(plan.finished)}/{len(plan.todo)} {outcome.datum.describe()} "
+            f"{outcome.status()} in {outcome.seconds:.1f}s"
+        )
+
     # -- one datum -------------------------------------------------------------------------------
+    def lay_out(self, job_id: str, pfs: Path, datum: Datum | None) -> None:
+        """The one builder of a datum's sandbox ``pfs`` (see sandbox.lay_out)."""
+        with disk_full_is_a_job_failure("laying out a datum's sandbox"):
+            lay_out(self.store, pfs, job_id, datum)
+
     def datum_command(
-        self, spec: PipelineSpec, job_id: str, pfs: Path, datum: Datum | None, bin_dir: Path | None = None
+        self,
+        spec: PipelineSpec,
+        job_id: str,
+        pfs: Path,
+        datum: Datum | None,
+        batching: BatchingLink | None = None,
     ) -> tuple[DatumCommand, list[str]]:
         """The one place a datum process is described: argv, environment and stdin, with ``/pfs`` mapped
         to the sandbox ``pfs``; plus notes for the log. ``datum`` is None for a batching worker, whose
         process outlives single datums: as in Pachyderm it gets no per-datum variables (they are in
-        ``/pfs/.env``)."""
-        path_map = self._path_map(spec, pfs)
-        plan = job_env(spec, self.local, path_map)
-        env = plan.env
+        ``/pfs/.env``), but the stand-in ``pachctl`` first on PATH and the worker's socket."""
+        path_map = container_paths(spec, self.local.secret_dirs, pfs)
+        env_plan = job_env(spec, self.local, path_map)
+        env = env_plan.env
         env.update(
             PPS_PIPELINE_NAME=spec.name,
             PPS_PROJECT_NAME=spec.project,
@@ -371,93 +391,82 @@ class Runner:
         )
         if datum is not None:
             env.update(datum_variables(datum, pfs))
-        if bin_dir is not None:
-            prepend_path(env, str(bin_dir))
+        if batching is not None:
+            prepend_path(env, str(batching.bin_dir))
+            env[SOCKET_ENV] = batching.socket
         stdin = path_map.apply("\n".join(spec.stdin)) + "\n" if spec.stdin else None
-        return DatumCommand(path_map.apply_all(spec.cmd), env, stdin), plan.notes
+        return DatumCommand(path_map.apply_all(spec.cmd), env, stdin), env_plan.notes
 
-    def _run_datum(
-        self,
-        spec: PipelineSpec,
-        job_id: str,
-        datum: Datum,
-        version: str,
-        counter: Any,
-        total: int,
-        journal: Callable[[_DatumOutcome], None],
-    ) -> _DatumOutcome:
-        store = self.store
-        log_path = store.log_path(job_id, datum.id)
+    def _run_datum(self, plan: JobPlan, datum: Datum) -> DatumOutcome:
+        """Up to ``datum_tries`` tries, each in a fresh sandbox."""
+        log_path = self.store.log_path(plan.job_id, datum.id)
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        outcome = _DatumOutcome(datum, ok=False)
+        outcome = DatumOutcome(datum)
         started = time.monotonic()
-        for attempt in range(1, spec.datum_tries + 1):
+        for attempt in range(1, plan.spec.datum_tries + 1):
             if self._stop.is_set():
                 if attempt == 1:  # never started: not recorded as processed
                     outcome.error = "not run: the job was stopped"
                     return outcome
                 break
             outcome.tries = attempt
-            sandbox = store.sandbox_dir(job_id) / f"{datum.id[:16]}-{attempt}"
-            shutil.rmtree(sandbox, ignore_errors=True)
-            pfs = sandbox / "pfs"
-            with disk_full_is_a_job_failure("laying out a datum's sandbox"):
-                self._layout(job_id, datum, pfs)
-            command, notes = self.datum_command(spec, job_id, pfs, datum)
-            with open(log_path, "a", encoding="utf-8") as log:
-                log.write(f"--- {now()} try {attempt}/{spec.datum_tries} datum {datum.describe()}\n")
-                for note in notes:
-                    log.write(f"[pachyderm-local] {note}\n")
-                log.flush()
-                try:
-                    proc = start_datum_process(command, log, self.reaper)
-                except OSError as exc:
-                    error = f"cannot start {command.argv[0]!r}: {exc}"
-                else:
-                    code = wait_with_timeout(proc, self.reaper, spec.datum_timeout_s)
-                    if code is None:
-                        error = f"timed out after {spec.datum_timeout_s:g}s"
-                    elif self._stop.is_set():
-                        error = "stopped: the job was interrupted"
-                    else:
-                        error = "" if code == 0 or code in spec.accept_return_code else f"exit code {code}"
-                if not error:
-                    try:
-                        files = self._collect_output(spec, version, job_id, datum, pfs)
-                    except InvalidNameError as exc:
-                        error = f"cannot upload an output file: {exc}"
-                log.write(f"[pachyderm-local] try {attempt}: {error or 'success'}\n")
-            if not self.settings.keep_sandboxes:
-                shutil.rmtree(sandbox, ignore_errors=True)
-            if not error:
-                outcome.ok, outcome.files, outcome.error = True, files, ""
+            outcome.error, files = self._try_datum(plan, datum, attempt, log_path)
+            if not outcome.error:
+                outcome.ok, outcome.files = True, files
                 break
-            outcome.error = error
         outcome.seconds = time.monotonic() - started
-        journal(outcome)
-        state = "ok" if outcome.ok else f"FAILED ({outcome.error}, {outcome.tries} tries)"
-        self.say(
-            f"{spec.name}: datum {next(counter)}/{total} {datum.describe()} {state} in {outcome.seconds:.1f}s"
-        )
+        self._finish_datum(plan, outcome)
         return outcome
 
-    def _run_batched(
-        self,
-        spec: PipelineSpec,
-        job_id: str,
-        todo: list[Datum],
-        version: str,
-        parallelism: int,
-        journal: Callable[[_DatumOutcome], None],
-    ) -> list[_DatumOutcome]:
+    def _try_datum(
+        self, plan: JobPlan, datum: Datum, attempt: int, log_path: Path
+    ) -> tuple[str, dict[str, dict[str, Any]]]:
+        """One try: (error or "", output files)."""
+        spec = plan.spec
+        sandbox = self.store.sandbox_dir(plan.job_id) / f"{datum.id[:16]}-{attempt}"
+        shutil.rmtree(sandbox, ignore_errors=True)
+        pfs = sandbox / "pfs"
+        self.lay_out(plan.job_id, pfs, datum)
+        command, notes = self.datum_command(spec, plan.job_id, pfs, datum)
+        files: dict[str, dict[str, Any]] = {}
+        with open(log_path, "a", encoding="utf-8") as log:
+            log.write(f"--- {now()} try {attempt}/{spec.datum_tries} datum {datum.describe()}\n")
+            for note in notes:
+                log.write(f"[pachyderm-local] {note}\n")
+            log.flush()
+            error = self._run_process(spec, command, log)
+            if not error:
+                try:
+                    files = self._collect_output(plan, datum, pfs)
+                except InvalidNameError as exc:
+                    error = f"cannot upload an output file: {exc}"
+            log.write(f"[pachyderm-local] try {attempt}: {error or 'success'}\n")
+        if not self.settings.keep_sandboxes:
+            shutil.rmtree(sandbox, ignore_errors=True)
+        return error, files
+
+    def _run_process(self, spec: PipelineSpec, command: DatumCommand, log: TextIO) -> str:
+        """Run one datum process to its end; "" on success, else why it failed."""
+        try:
+            proc = start_datum_process(command, log, self.reaper)
+        except OSError as exc:
+            return f"cannot start {command.argv[0]!r}: {exc}"
+        code = wait_with_timeout(proc, self.reaper, spec.datum_timeout_s)
+        if code is None:
+            return f"timed out after {spec.datum_timeout_s:g}s"
+        if self._stop.is_set():
+            return "stopped: the job was interrupted"
+        return "" if code == 0 or code in spec.accept_return_code else f"exit code {code}"
+
+    def _run_batched(self, plan: JobPlan) -> list[DatumOutcome]:
         """Datum batching: one long-lived command per worker slot (see batching.py)."""
-        store = self.store
-        job_dir = store.sandbox_dir(job_id)
-        bin_dir = job_dir / "bin"
-        write_pachctl(bin_dir)
+        spec = plan.spec
+        job_dir = self.store.sandbox_dir(plan.job_id)
+        host = _BatchedJob(self, plan, job_dir / "bin")
+        write_pachctl(host.bin_dir)
         set_spec = spec.raw.get("datum_set_spec", {})
         sets = datum_sets(
-            todo,
+            plan.todo,
             spec.parallelism,
             number=int(set_spec.get("number", 0)),
             size_bytes=int(set_spec.get("size_bytes", 0)),
@@ -465,79 +474,14 @@ class Runner:
             size_of=lambda d: sum(self.store.object_size(sha) for i in d.inputs for _, sha in i.files),
         )
         queue = DatumQueue(sets)
-        counter = iter(range(1, len(todo) + 1))
-        finished: dict[str, _DatumOutcome] = {}
-        lock = threading.Lock()
+        workers = [
+            BatchWorker(spec, job_dir / f"worker-{n}", host, self.reaper, self._stop)
+            for n in range(min(plan.parallelism, len(sets)))
+        ]
+        self._in_pool(plan.parallelism, [partial(w.run, queue) for w in workers])
+        return [host.finished.get(d.id) or DatumOutcome(d, error="not run") for d in plan.todo]
 
-        def collect(outcome: _DatumOutcome, pfs: Path) -> None:
-            outcome.files = self._collect_output(spec, version, job_id, outcome.datum, pfs)
-            outcome.ok, outcome.error = True, ""
-
-        def finish(outcome: _DatumOutcome) -> None:
-            with lock:
-                finished[outcome.datum.id] = outcome
-            journal(outcome)
-            state = "ok" if outcome.ok else f"FAILED ({outcome.error}, {outcome.tries} tries)"
-            self.say(
-                f"{spec.name}: datum {next(counter)}/{len(todo)} {outcome.datum.describe()} {state} "
-                f"in {outcome.seconds:.1f}s"
-            )
-
-        def worker(slot: int) -> None:
-            serve_worker(
-                spec=spec,
-                worker_dir=job_dir / f"worker-{slot}",
-                sets=queue,
-                make_outcome=lambda d: _DatumOutcome(d, ok=False),
-                layout=lambda d, pfs: self._layout(job_id, d, pfs),
-                collect=collect,
-                finish=finish,
-                command=lambda pfs: self.datum_command(spec, job_id, pfs, None, bin_dir)[0],
-                log_path=lambda d: store.log_path(job_id, d.id),
-                reaper=self.reaper,
-                stop=self._stop,
-            )
-
-        pool = ThreadPoolExecutor(max_workers=parallelism)
-        try:
-            workers = [
-                pool.submit(self._stop_job_on_error, worker, n) for n in range(min(parallelism, len(sets)))
-            ]
-            for future in workers:
-                future.result()
-        except BaseException:
-            self._stop.set()
-            self.reaper.kill_all()
-            raise
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-        return [finished.get(d.id) or _DatumOutcome(d, ok=False, error="not run") for d in todo]
-
-    def _path_map(self, spec: PipelineSpec, pfs: Path) -> PathMap:
-        mapping = {"/pfs": str(pfs)}
-        mapping.update(
-            {
-                s.mount_path: self.local.secret_dirs[s.name]
-                for s in spec.secrets
-                if s.mount_path and s.name in self.local.secret_dirs
-            }
-        )
-        return PathMap.of(mapping)
-
-    def _layout(self, job_id: str, datum: Datum, pfs: Path) -> None:
-        """Fresh ``/pfs/<input>`` folders holding the datum's files, and an empty ``/pfs/out``."""
-        shutil.rmtree(pfs, ignore_errors=True)
-        (pfs / "out").mkdir(parents=True)
-        for item in datum.inputs:
-            (pfs / item.name).mkdir(parents=True, exist_ok=True)
-            for rel, sha in item.files:
-                # Commits hold validated paths; checked again so a hand-edited store cannot escape /pfs.
-                self.store.materialize(sha, pfs / item.name / validate_file_path(rel))
-        write_env_file(pfs, job_id, datum)
-
-    def _collect_output(
-        self, spec: PipelineSpec, version: str, job_id: str, datum: Datum, pfs: Path
-    ) -> dict[str, dict[str, Any]]:
+    def _collect_output(self, plan: JobPlan, datum: Datum, pfs: Path) -> dict[str, dict[str, Any]]:
         """Store ``/pfs/out``; a file name PFS cannot hold fails the datum (InvalidNameError), as in
         Pachyderm's worker."""
         files = {}
@@ -547,19 +491,49 @@ class Runner:
             for path, name in zip(paths, names, strict=True):
                 sha, size = self.store.put_object(path)
                 files[name] = {"sha256": sha, "size": size}
-            self.store.save_datum_output(spec.name, version, datum.id, job_id, files)
+            self.store.save_datum_output(plan.spec.name, plan.version, datum.id, plan.job_id, files)
         return files
 
-    def _show_failure(self, spec: PipelineSpec, job_id: str, outcome: _DatumOutcome) -> None:
-        log_path = self.store.log_path(job_id, outcome.datum.id)
+    def _show_failure(self, plan: JobPlan, outcome: DatumOutcome) -> None:
+        log_path = self.store.log_path(plan.job_id, outcome.datum.id)
         lines = (
             log_path.read_text(encoding="utf-8", errors="replace").splitlines() if log_path.exists() else []
         )
         tail = "\n".join("    " + line for line in lines[-LOG_TAIL_LINES:])
         self.say(
-            f"{spec.name}: datum {outcome.datum.id[:12]} ({outcome.datum.describe()}) failed: "
+            f"{plan.spec.name}: datum {outcome.datum.id[:12]} ({outcome.datum.describe()}) failed: "
             f"{outcome.error}; last lines of {log_path}:\n{tail}"
         )
+
+
+class _BatchedJob:
+    """What the batching workers of one job ask of the runner (batching.BatchHost)."""
+
+    def __init__(self, runner: Runner, plan: JobPlan, bin_dir: Path) -> None:
+        self.runner = runner
+        self.plan = plan
+        self.bin_dir = bin_dir
+        self.finished: dict[str, DatumOutcome] = {}
+        self._lock = threading.Lock()
+
+    def lay_out(self, pfs: Path, datum: Datum | None) -> None:
+        self.runner.lay_out(self.plan.job_id, pfs, datum)
+
+    def command(self, pfs: Path, socket_path: str) -> DatumCommand:
+        link = BatchingLink(self.bin_dir, socket_path)
+        return self.runner.datum_command(self.plan.spec, self.plan.job_id, pfs, None, link)[0]
+
+    def collect(self, outcome: DatumOutcome, pfs: Path) -> None:
+        outcome.files = self.runner._collect_output(self.plan, outcome.datum, pfs)
+        outcome.ok, outcome.error = True, ""
+
+    def finish(self, outcome: DatumOutcome) -> None:
+        with self._lock:
+            self.finished[outcome.datum.id] = outcome
+        self.runner._finish_datum(self.plan, outcome)
+
+    def log_path(self, datum: Datum) -> Path:
+        return self.runner.store.log_path(self.plan.job_id, datum.id)
 
 
 def next_tick_name(now: dt.datetime, existing: Iterable[str]) -> str:
@@ -571,36 +545,6 @@ def next_tick_name(now: dt.datetime, existing: Iterable[str]) -> str:
         latest = dt.datetime.strptime(max(names), "%Y-%m-%dT%H:%M:%SZ")
         tick = max(tick, latest + dt.timedelta(seconds=1))
     return tick.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def datum_variables(datum: Datum, pfs: Path) -> dict[str, str]:
-    """Pachyderm's per-datum variables (``driver.UserCodeEnv``), with ``/pfs`` at the sandbox ``pfs``."""
-    env = {"PACH_DATUM_ID": datum.pach_id, "FILESET_ID": datum.id}
-    for item in datum.inputs:
-        env[item.name] = str(pfs / item.name) + ("" if item.path == "/" else item.path)
-        env[f"{item.name}_COMMIT"] = item.commit_id
-    return env
-
-
-def write_env_file(pfs: Path, job_id: str, datum: Datum) -> None:
-    """``/pfs/.env`` (Pachyderm >= 2.6 writes one per datum): the only place batched user code finds the
-    current datum's variables. Locally it holds Pachyderm's variables only, never the process environment
-    or secrets (Pachyderm writes its whole environment there)."""
-    variables = {"PACH_JOB_ID": job_id, "PACH_OUTPUT_COMMIT_ID": job_id, **datum_variables(datum, pfs)}
-    (pfs / ".env").write_text("".join(f"{k}={v}\n" for k, v in variables.items()), encoding="utf-8")
-
-
-def _datum_entry(outcome: _DatumOutcome) -> dict[str, Any]:
-    """A processed datum as the job record (and its journal) stores it."""
-    return {
-        "id": outcome.datum.id,
-        "datum_id": outcome.datum.pach_id,
-        "inputs": outcome.datum.describe(),
-        "state": "success" if outcome.ok else "failed",
-        "tries": outcome.tries,
-        "seconds": round(outcome.seconds, 3),
-        "error": outcome.error,
-    }
 
 
 @contextlib.contextmanager
@@ -615,14 +559,6 @@ def disk_full_is_a_job_failure(doing: str) -> Iterator[None]:
             f"no space left on the device while {doing} ({exc.filename or 'the store'}); "
             "free space and run again"
         ) from None
-
-
-def prepend_path(env: dict[str, str], folder: str) -> dict[str, str]:
-    """Put the runner's own bin folder first on PATH so a venv's console scripts are found unactivated."""
-    paths = env.get("PATH", "").split(os.pathsep) if env.get("PATH") else []
-    if folder not in paths:
-        env["PATH"] = os.pathsep.join([folder, *paths])
-    return env
 
 
 def resolve_local_dir(path: str) -> str:

@@ -143,40 +143,10 @@ def parse_spec(raw: Any, source: str = "<spec>") -> PipelineSpec:
 
     request = parse_request(raw, source)
     name = request.pipeline.name
-    if not name:
-        raise fail("no pipeline `name` specified")
-    if not _NAME.match(name):
-        raise fail(
-            f"invalid pipeline name: name ({name}) invalid: only alphanumeric characters, "
-            "underscores, and dashes are allowed"
-        )
-    if not name[0].isalnum():
-        raise fail("pipeline names must start with an alphanumeric character")
-    if len(name) > 63:
-        raise fail(f"pipeline name is {len(name)} characters long, but must have at most 63: {name!r}")
-    if request.HasField("tf_job"):
-        raise fail("embedding TFJobs in pipelines is not supported yet")
-    if request.HasField("spout") or request.HasField("service"):
-        raise fail("spout and service pipelines are not supported by pachyderm-local")
-    if request.s3_out:
-        raise fail("s3_out is not supported by pachyderm-local (the output is read from /pfs/out)")
-    if not request.HasField("transform"):
-        raise fail("pipeline must specify a transform")
+    _check_pipeline_name(name, fail)
+    _check_supported(request, fail)
     transform = request.transform
-    if transform.err_cmd or transform.err_stdin:
-        raise fail("transform.err_cmd is not supported by pachyderm-local (a failed datum stays failed)")
-    if request.output_branch not in ("", "master"):
-        raise fail("output_branch: pachyderm-local only has the 'master' branch")
-    if not transform.cmd:
-        raise fail("transform.cmd must be a non-empty list of strings (the image's entrypoint is not known)")
-    if not request.HasField("input"):
-        raise fail("input is missing")
-    if request.reprocess_spec not in _REPROCESS_SPECS:
-        raise fail("invalid pipeline spec: ReprocessSpec must be one of 'until_success' or 'every_job'")
-    secrets = tuple(SecretRef(s.name, s.key, s.env_var, s.mount_path) for s in transform.secrets)
-    for s in secrets:
-        if not s.name or not (s.env_var or s.mount_path):
-            raise fail(f"transform.secrets entry {s} needs a name and an env_var or a mount_path")
+    secrets = _secrets(transform, fail)
     tries = request.datum_tries
     if tries == 0:
         tries = DEFAULT_DATUM_TRIES
@@ -203,6 +173,52 @@ def parse_spec(raw: Any, source: str = "<spec>") -> PipelineSpec:
     )
 
 
+def _check_pipeline_name(name: str, fail: Any) -> None:
+    """pachd's checks of a pipeline name (``ancestry.ValidateName`` and its length limit)."""
+    if not name:
+        raise fail("no pipeline `name` specified")
+    if not _NAME.match(name):
+        raise fail(
+            f"invalid pipeline name: name ({name}) invalid: only alphanumeric characters, "
+            "underscores, and dashes are allowed"
+        )
+    if not name[0].isalnum():
+        raise fail("pipeline names must start with an alphanumeric character")
+    if len(name) > 63:
+        raise fail(f"pipeline name is {len(name)} characters long, but must have at most 63: {name!r}")
+
+
+def _check_supported(request: pps_pb2.CreatePipelineRequest, fail: Any) -> None:
+    """pachd's create-time checks of the request, and what the local runner cannot run."""
+    if request.HasField("tf_job"):
+        raise fail("embedding TFJobs in pipelines is not supported yet")
+    if request.HasField("spout") or request.HasField("service"):
+        raise fail("spout and service pipelines are not supported by pachyderm-local")
+    if request.s3_out:
+        raise fail("s3_out is not supported by pachyderm-local (the output is read from /pfs/out)")
+    if not request.HasField("transform"):
+        raise fail("pipeline must specify a transform")
+    transform = request.transform
+    if transform.err_cmd or transform.err_stdin:
+        raise fail("transform.err_cmd is not supported by pachyderm-local (a failed datum stays failed)")
+    if request.output_branch not in ("", "master"):
+        raise fail("output_branch: pachyderm-local only has the 'master' branch")
+    if not transform.cmd:
+        raise fail("transform.cmd must be a non-empty list of strings (the image's entrypoint is not known)")
+    if not request.HasField("input"):
+        raise fail("input is missing")
+    if request.reprocess_spec not in _REPROCESS_SPECS:
+        raise fail("invalid pipeline spec: ReprocessSpec must be one of 'until_success' or 'every_job'")
+
+
+def _secrets(transform: pps_pb2.Transform, fail: Any) -> tuple[SecretRef, ...]:
+    secrets = tuple(SecretRef(s.name, s.key, s.env_var, s.mount_path) for s in transform.secrets)
+    for s in secrets:
+        if not s.name or not (s.env_var or s.mount_path):
+            raise fail(f"transform.secrets entry {s} needs a name and an env_var or a mount_path")
+    return secrets
+
+
 def _seconds(request: pps_pb2.CreatePipelineRequest, name: str) -> float | None:
     if not request.HasField(name):
         return None
@@ -221,45 +237,51 @@ def _input(node: pps_pb2.Input, pipeline: str, fail: Any) -> tuple[Input, str]:
         raise fail("no input set")
     kind = kinds[0]
     if kind == "pfs":
-        pfs = node.pfs
-        if not pfs.repo:
-            raise fail("input must specify a repo")
-        if not _NAME.match(pfs.repo):
-            raise fail(f"input.pfs.repo {pfs.repo!r} is not a repo name")
-        if pfs.repo == "out" and not pfs.name:
-            raise fail("inputs based on repos named \"out\" must have 'name' set")
-        if pfs.commit:
-            raise fail("input cannot come from a commit; use a branch with head pointing to the commit")
-        if pfs.branch not in ("", "master"):
-            raise fail("input.pfs.branch: pachyderm-local only has the 'master' branch")
-        for unsupported in ("s3", "empty_files", "join_on", "group_by", "outer_join", "trigger"):
-            if pfs.HasField(unsupported) if unsupported == "trigger" else getattr(pfs, unsupported):
-                raise fail(f"input.pfs.{unsupported} is not supported by pachyderm-local")
-        if not pfs.glob:
-            raise fail(f"input.pfs (repo {pfs.repo}) must specify a glob")
-        try:
-            check_glob(pfs.glob)
-        except GlobError as exc:
-            raise fail(f"input.pfs.glob: {exc}") from exc
-        return PfsInput(name=pfs.name or pfs.repo, repo=pfs.repo, glob=clean_glob(pfs.glob)), pfs.name
+        return _pfs_input(node.pfs, fail), node.pfs.name
     if kind == "cron":
-        cron = node.cron
-        try:
-            validate_cron_spec(cron.spec)
-        except CronSpecError as exc:
-            raise fail(f"input.cron.spec: error parsing cron-spec: {exc}") from exc
-        return CronInput(
-            name=cron.name,
-            repo=cron.repo or f"{pipeline}_{cron.name}",
-            schedule=cron.spec,
-            overwrite=cron.overwrite,
-        ), ""
+        return _cron_input(node.cron, pipeline, fail), ""
     if kind in ("cross", "union"):
         keyed = sorted((_input(child, pipeline, fail) for child in getattr(node, kind)), key=lambda c: c[1])
         children = tuple(child for child, _ in keyed)
         key = keyed[0][1] if keyed else ""
         return (CrossInput(children) if kind == "cross" else UnionInput(children)), key
     raise fail(f"input type {kind!r} is not supported by pachyderm-local (pfs, cron, cross, union are)")
+
+
+def _pfs_input(pfs: pps_pb2.PFSInput, fail: Any) -> PfsInput:
+    if not pfs.repo:
+        raise fail("input must specify a repo")
+    if not _NAME.match(pfs.repo):
+        raise fail(f"input.pfs.repo {pfs.repo!r} is not a repo name")
+    if pfs.repo == "out" and not pfs.name:
+        raise fail("inputs based on repos named \"out\" must have 'name' set")
+    if pfs.commit:
+        raise fail("input cannot come from a commit; use a branch with head pointing to the commit")
+    if pfs.branch not in ("", "master"):
+        raise fail("input.pfs.branch: pachyderm-local only has the 'master' branch")
+    for unsupported in ("s3", "empty_files", "join_on", "group_by", "outer_join", "trigger"):
+        if pfs.HasField(unsupported) if unsupported == "trigger" else getattr(pfs, unsupported):
+            raise fail(f"input.pfs.{unsupported} is not supported by pachyderm-local")
+    if not pfs.glob:
+        raise fail(f"input.pfs (repo {pfs.repo}) must specify a glob")
+    try:
+        check_glob(pfs.glob)
+    except GlobError as exc:
+        raise fail(f"input.pfs.glob: {exc}") from exc
+    return PfsInput(name=pfs.name or pfs.repo, repo=pfs.repo, glob=clean_glob(pfs.glob))
+
+
+def _cron_input(cron: pps_pb2.CronInput, pipeline: str, fail: Any) -> CronInput:
+    try:
+        validate_cron_spec(cron.spec)
+    except CronSpecError as exc:
+        raise fail(f"input.cron.spec: error parsing cron-spec: {exc}") from exc
+    return CronInput(
+        name=cron.name,
+        repo=cron.repo or f"{pipeline}_{cron.name}",
+        schedule=cron.spec,
+        overwrite=cron.overwrite,
+    )
 
 
 def _check_names(node: Input, names: set[str], fail: Any) -> None:

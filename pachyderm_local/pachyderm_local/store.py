@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .jobs import FINISHED_STATES, DatumRecord, JobRecord
 from .names import InvalidNameError, validate_id, validate_name
 
 
@@ -238,42 +239,36 @@ class Store:
         return commit
 
     # -- jobs, datum results, logs ---------------------------------------------------------------
-    def save_job(self, record: dict[str, Any]) -> None:
-        _write_json(self.root / "jobs" / f"{record['id']}.json", record)
+    def save_job(self, record: JobRecord) -> None:
+        _write_json(self.root / "jobs" / f"{record.id}.json", record.to_json())
 
-    def append_job_datum(self, job_id: str, entry: dict[str, Any]) -> None:
+    def append_job_datum(self, job_id: str, entry: DatumRecord) -> None:
         """Journal a finished datum as soon as it ends, so a killed run's work is not lost."""
         path = self.root / "jobs" / f"{job_id}.datums.jsonl"
         with open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(entry, sort_keys=True) + "\n")
+            f.write(json.dumps(entry.to_json(), sort_keys=True) + "\n")
 
-    def job_journal(self, job_id: str) -> list[dict[str, Any]]:
+    def job_journal(self, job_id: str) -> list[DatumRecord]:
         path = self.root / "jobs" / f"{job_id}.datums.jsonl"
         if not path.exists():
             return []
         entries = []
         for line in path.read_text(encoding="utf-8").splitlines():
             with contextlib.suppress(json.JSONDecodeError):  # a line cut short by the kill
-                entries.append(json.loads(line))
+                entries.append(DatumRecord.from_json(json.loads(line)))
         return entries
 
-    def mark_interrupted_jobs_killed(self) -> list[dict[str, Any]]:
+    def mark_interrupted_jobs_killed(self) -> list[JobRecord]:
         """Jobs still ``running`` while we hold the lock belong to a runner that died: mark them
         ``killed`` with the datums their journal shows finished. Returns the records changed."""
         changed = []
         for record in self.list_jobs():
-            if record.get("state") != "running":
+            if record.state != "running":
                 continue
-            entries = self.job_journal(record["id"])
-            record.update(
-                state="killed",
-                resumable=True,
-                reason="the runner stopped before the job finished",
-                finished=now(),
-                processed=sum(e["state"] == "success" for e in entries),
-                failed=sum(e["state"] == "failed" for e in entries),
-                datums=entries,
-            )
+            record.datums = self.job_journal(record.id)
+            record.count(record.datums)
+            record.state, record.resumable = "killed", True
+            record.reason, record.finished = "the runner stopped before the job finished", now()
             self.save_job(record)
             changed.append(record)
         return changed
@@ -288,7 +283,7 @@ class Store:
                     removed += 1
         return removed
 
-    def job(self, job_id: str) -> dict[str, Any]:
+    def job(self, job_id: str) -> JobRecord:
         validate_id("job", job_id)
         path = self.root / "jobs" / f"{job_id}.json"
         if not path.exists():
@@ -296,12 +291,12 @@ class Store:
             if len(matches) != 1:
                 raise StoreError(f"job {job_id!r} not found")
             path = matches[0]
-        return _read_json(path)
+        return JobRecord.from_json(_read_json(path))
 
-    def list_jobs(self) -> list[dict[str, Any]]:
+    def list_jobs(self) -> list[JobRecord]:
         base = self.root / "jobs"
-        jobs = [_read_json(p) for p in base.glob("*.json")] if base.is_dir() else []
-        return sorted(jobs, key=lambda j: j["started"])
+        jobs = [JobRecord.from_json(_read_json(p)) for p in base.glob("*.json")] if base.is_dir() else []
+        return sorted(jobs, key=lambda j: j.started)
 
     def datum_dir(self, pipeline: str, version: str) -> Path:
         return self.root / "datums" / pipeline / version
@@ -318,17 +313,15 @@ class Store:
         """
         reusable: set[str] = set()
         for job in reversed(self.list_jobs()):
-            if job["pipeline"] != pipeline or job.get("state") not in ("success", "failure", "killed"):
+            if job.pipeline != pipeline or job.state not in FINISHED_STATES:
                 continue
-            if job.get("spec_version") != version:
+            if job.spec_version != version:
                 break
-            if job["state"] == "success":
-                reusable |= {
-                    d["id"] for d in job.get("datums", []) if d.get("state") in ("success", "skipped")
-                }
+            if job.state == "success":
+                reusable |= {d.id for d in job.datums if d.state in ("success", "skipped")}
                 break
-            if job["state"] == "killed" and job.get("resumable"):
-                reusable |= {d["id"] for d in job.get("datums", []) if d.get("state") == "success"}
+            if job.state == "killed" and job.resumable:
+                reusable |= {d.id for d in job.datums if d.state == "success"}
         return reusable
 
     def done_datums(self, pipeline: str, version: str) -> set[str]:

@@ -1,13 +1,14 @@
-"""Pure request building for `scripts/deploy`: spec dicts and the cluster's state in, the exact calls out.
+"""What `scripts/deploy` sends to a cluster (pure): specs and the cluster's state in, the exact calls out.
 
-Nothing here connects to pachd, so `--dry-run` and the tests see the very requests a real deploy sends.
-The image placeholders `pachyderm-qa-answer:IMAGE_TAG` and `pachyderm-qa-load:IMAGE_TAG` are the contract with
+Nothing here connects to pachd, so `--dry-run` and the tests see the very requests a real deploy sends
+(`deploy_cli.py` is the command line). Each spec becomes Pachyderm's `CreatePipelineRequest`, the message
+the local runner parses specs into too, and the pipelines are ordered with the runner's `dag`. The image
+placeholders `pachyderm-qa-answer:IMAGE_TAG` and `pachyderm-qa-load:IMAGE_TAG` are the contract with
 specs/; they become `<repository>:<git sha>` here.
 """
 
 from __future__ import annotations
 
-import copy
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -15,13 +16,16 @@ from typing import Any
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
+from python_pachyderm.proto.v2.pps import pps_pb2
 from python_pachyderm.util import parse_dict_pipeline_spec
+
+from .dag import DependencyCycle, dependency_order
 
 IMAGE_TAG = "IMAGE_TAG"
 ANSWER_IMAGE_NAME = "pachyderm-qa-answer"
 LOAD_IMAGE_NAME = "pachyderm-qa-load"
 DEFAULT_PROJECT = "default"
-#: The three pipelines of the DAG, in the files H4's specs/ folder holds.
+#: The three pipelines of the DAG, relative to the repository root.
 DEFAULT_SPEC_FILES = ("specs/gcs-ingest.json", "specs/qa-answer.json", "specs/pg-load.json")
 
 _SHA = re.compile(r"[0-9a-f]{40}")
@@ -115,64 +119,69 @@ def substitute_image(image: str, repos: ImageRepositories, sha: str) -> str:
     return f"{targets[name]}:{validate_sha(sha)}{match.group('suffix') or ''}"
 
 
-def iter_inputs(node: dict[str, Any] | None) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Every leaf input (`pfs`, `cron`, ...) of a possibly nested cross/union/join/group input."""
-    if not node:
-        return
-    for kind, value in node.items():
-        if kind in ("cross", "union", "join", "group"):
+def input_leaves(node: pps_pb2.Input) -> Iterator[tuple[str, Message]]:
+    """Every leaf input (`pfs`, `cron`) of a possibly nested cross/union/join/group input."""
+    for field_descriptor, value in node.ListFields():
+        if field_descriptor.name in ("cross", "union", "join", "group"):
             for child in value:
-                yield from iter_inputs(child)
+                yield from input_leaves(child)
         else:
-            yield kind, value
+            yield field_descriptor.name, value
 
 
-def pipeline_name(spec: dict[str, Any], source: str) -> str:
-    name = (spec.get("pipeline") or {}).get("name")
-    if not name:
+def pfs_leaves(request: pps_pb2.CreatePipelineRequest) -> list[pps_pb2.PFSInput]:
+    return [leaf for kind, leaf in input_leaves(request.input) if kind == "pfs"]
+
+
+def pipeline_key(request: pps_pb2.CreatePipelineRequest) -> tuple[str, str]:
+    """(project, name): what names a pipeline, and its output repo, on the cluster."""
+    return request.pipeline.project.name, request.pipeline.name
+
+
+def pipeline_request(
+    source: str, spec: Any, *, repos: ImageRepositories, sha: str, project: str | None
+) -> pps_pb2.CreatePipelineRequest:
+    """The spec as the cluster gets it: image tagged, the pipeline and every pfs input without a project
+    placed in `project` (else the spec's, else `default`). The caller's dict is left untouched."""
+    if not isinstance(spec, dict):
+        raise DeployError(f"{source}: a pipeline spec must be a JSON object")
+    if not (spec.get("pipeline") or {}).get("name"):
         raise DeployError(f"{source}: the spec has no pipeline.name")
-    return name
+    if "image" not in (spec.get("transform") or {}):
+        raise DeployError(f"{source}: the spec has no transform.image")
+    try:
+        request = parse_dict_pipeline_spec(spec)
+        request.transform.image = substitute_image(request.transform.image, repos, sha)
+    except json_format.ParseError as exc:
+        raise DeployError(f"{source}: not a valid Pachyderm pipeline spec: {exc}") from None
+    except DeployError as exc:
+        raise DeployError(f"{source}: {exc}") from None
+    chosen = project or request.pipeline.project.name or DEFAULT_PROJECT
+    request.pipeline.project.name = chosen
+    for leaf in pfs_leaves(request):
+        leaf.project = leaf.project or chosen
+    return request
 
 
-def with_project(spec: dict[str, Any], project: str | None) -> dict[str, Any]:
-    """A copy of the spec with the pipeline's project set and every pfs input without one placed in it.
-
-    (In the spec JSON a pipeline's project is `{"name": ...}` while a pfs input's is a plain string.)
-    """
-    spec = copy.deepcopy(spec)
-    pipeline = spec.setdefault("pipeline", {})
-    chosen = project or (pipeline.get("project") or {}).get("name") or DEFAULT_PROJECT
-    pipeline["project"] = {"name": chosen}
-    for kind, leaf in iter_inputs(spec.get("input")):
-        if kind == "pfs" and not leaf.get("project"):
-            leaf["project"] = chosen
-    return spec
-
-
-def dag_order(specs: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
-    """Specs sorted so each pipeline follows the pipelines whose output repos it reads (stable otherwise)."""
-    by_key: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
-    for source, spec in specs:
-        key = (spec["pipeline"]["project"]["name"], pipeline_name(spec, source))
+def dag_order(
+    requests: list[tuple[str, pps_pb2.CreatePipelineRequest]],
+) -> list[tuple[str, pps_pb2.CreatePipelineRequest]]:
+    """Each pipeline after the pipelines whose output repos it reads (the given order otherwise)."""
+    by_key: dict[tuple[str, str], tuple[str, pps_pb2.CreatePipelineRequest]] = {}
+    for source, request in requests:
+        key = pipeline_key(request)
         if key in by_key:
             raise DeployError(f"{source}: pipeline {key[1]!r} is also defined in {by_key[key][0]}")
-        by_key[key] = (source, spec)
+        by_key[key] = (source, request)
     deps = {
-        key: {
-            (leaf["project"], leaf["repo"])
-            for kind, leaf in iter_inputs(spec.get("input"))
-            if kind == "pfs" and (leaf["project"], leaf.get("repo")) in by_key
-        }
-        for key, (_, spec) in by_key.items()
+        key: {(leaf.project, leaf.repo) for leaf in pfs_leaves(request)} & by_key.keys()
+        for key, (_, request) in by_key.items()
     }
-    ordered: list[tuple[str, str]] = []
-    while len(ordered) < len(by_key):
-        ready = [k for k in by_key if k not in ordered and deps[k] <= set(ordered)]
-        if not ready:
-            cycle = sorted(f"{p}/{n}" for p, n in by_key if (p, n) not in ordered)
-            raise DeployError(f"the pipelines' inputs form a cycle: {', '.join(cycle)}")
-        ordered.append(ready[0])
-    return [by_key[k] for k in ordered]
+    try:
+        return [by_key[k] for k in dependency_order(list(by_key), deps)]
+    except DependencyCycle as cycle:
+        names = sorted(f"{p}/{n}" for p, n in cycle.members)
+        raise DeployError(f"the pipelines' inputs form a cycle: {', '.join(names)}") from None
 
 
 def build_requests(
@@ -192,46 +201,31 @@ def build_requests(
     """
     validate_sha(sha)
     state = state or ClusterState()
-    placed = []
-    for source, spec in specs:
-        if not isinstance(spec, dict):
-            raise DeployError(f"{source}: a pipeline spec must be a JSON object")
-        placed.append((source, with_project(spec, project)))
-    ordered = dag_order(placed)
-    outputs = {(s["pipeline"]["project"]["name"], s["pipeline"]["name"]) for _, s in ordered}
-
+    placed = [
+        (source, pipeline_request(source, spec, repos=repos, sha=sha, project=project))
+        for source, spec in specs
+    ]
+    ordered = [request for _, request in dag_order(placed)]
+    outputs = {pipeline_key(r) for r in ordered}
     projects: list[str] = []
     input_repos: dict[tuple[str, str], list[str]] = {}
-    pipelines: list[Request] = []
-    for source, spec in ordered:
-        key = (spec["pipeline"]["project"]["name"], spec["pipeline"]["name"])
-        if key[0] not in state.projects and key[0] not in projects:
-            projects.append(key[0])
-        transform = spec.get("transform") or {}
-        if "image" not in transform:
-            raise DeployError(f"{source}: the spec has no transform.image")
-        try:
-            transform["image"] = substitute_image(transform["image"], repos, sha)
-        except DeployError as exc:
-            raise DeployError(f"{source}: {exc}") from None
-        for kind, leaf in iter_inputs(spec.get("input")):
-            repo_key = (leaf["project"], leaf.get("repo", "")) if kind == "pfs" else None
-            if repo_key is None or leaf.get("repo_type", "user") != "user":
-                continue
-            if repo_key not in outputs and repo_key not in state.repos and repo_key not in state.pipelines:
-                if repo_key[0] not in state.projects and repo_key[0] not in projects:
-                    projects.append(repo_key[0])
+    for request in ordered:
+        key = pipeline_key(request)
+        projects.append(key[0])
+        for leaf in pfs_leaves(request):
+            repo_key = (leaf.project, leaf.repo)
+            user_repo = leaf.repo_type in ("", "user")
+            if user_repo and repo_key not in outputs | state.repos | state.pipelines:
+                projects.append(repo_key[0])
                 input_repos.setdefault(repo_key, []).append(key[1])
-        spec["update"] = key in state.pipelines
-        spec["reprocess"] = bool(reprocess and spec["update"])
-        try:
-            request = parse_dict_pipeline_spec(spec)
-        except json_format.ParseError as exc:
-            raise DeployError(f"{source}: not a valid Pachyderm pipeline spec: {exc}") from None
-        pipelines.append(Request("create_pipeline_from_request", {"req": request}))
-
+        request.update = key in state.pipelines
+        request.reprocess = reprocess and request.update
     return [
-        *(Request("create_project", {"project_name": p}) for p in projects),
+        *(
+            Request("create_project", {"project_name": p})
+            for p in dict.fromkeys(projects)
+            if p not in state.projects
+        ),
         *(
             Request(
                 "create_repo",
@@ -239,7 +233,7 @@ def build_requests(
             )
             for (proj, repo), readers in input_repos.items()
         ),
-        *pipelines,
+        *(Request("create_pipeline_from_request", {"req": r}) for r in ordered),
     ]
 
 
