@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 
-.PHONY: venv test lint demo tiny-model clean constraints
+.PHONY: venv test lint demo tiny-model images image-test clean constraints
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -31,6 +31,17 @@ demo: venv
 # No model hub here? A tiny random BERT QA model, for trying the plumbing: QA_MODEL=.demo/tiny-model make demo
 tiny-model: venv
 	$(PY) scripts/make_tiny_model.py .demo/tiny-model
+
+# Both images as pachyderm-qa-answer:local and pachyderm-qa-load:local, with docker, else podman (installed when
+# missing, state in .containers/); prints sizes and the code layer. QA_MODEL_DIR=DIR bakes that saved model
+# folder instead of downloading the hub model. Details: docker/build-images.sh.
+images: venv
+	PY=$(PY) QA_MODEL_DIR="$(QA_MODEL_DIR)" docker/build-images.sh
+
+# Builds both images with the tiny model baked and runs them from outside (tests/test_images.py).
+image-test: tiny-model
+	PY=$(PY) QA_MODEL_DIR=.demo/tiny-model docker/build-images.sh
+	$(PY) -m pytest -q -m images tests/test_images.py
 
 clean:
 	rm -rf .pachyderm-local .demo

@@ -1,0 +1,251 @@
+"""Both images as `make images` builds them with the tiny model baked, run from outside as a deployment does.
+
+`make image-test` builds them and runs this file (marker `images`, deselected from a plain `pytest`). Image 1
+runs as uid 10001 with no network, a read-only root filesystem and read-only input, and must write exactly
+the bytes the host's `qa-answer answer` writes with the same model, laid into a host cache by the same
+docker/bake_model.py. Image 2 mirrors those answers into a Postgres reached through its socket folder.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from test_csv_input import test_unreadable_file_gives_one_file_level_rejection as _file_level_cases
+from test_ingest import files_under, upload
+from test_pg_load import row_versions
+
+pytestmark = pytest.mark.images
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = ROOT / ".venv" / "bin"
+STATE = ROOT / ".containers"
+ANSWER_IMAGE = "pachyderm-qa-answer:local"
+LOAD_IMAGE = "pachyderm-qa-load:local"
+TINY_MODEL = ROOT / ".demo" / "tiny-model"  # what `make image-test` bakes (make tiny-model)
+MODEL_ID = "local/tiny-model"  # docker/build-images.sh: local/<folder name>
+USER = "10001:10001"
+
+
+@dataclass(frozen=True)
+class Engine:
+    """The container engine `make images` used, with its project-local settings."""
+
+    name: str
+    env: dict[str, str]
+
+    def run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [self.name, *args], env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+
+    def container(self, image: str, *args: str, network: str = "none") -> subprocess.CompletedProcess:
+        """`run --rm` as the image user, root filesystem read-only, no writable /tmp either."""
+        pull = "--pull=never" if self.name == "podman" else "--pull=missing"
+        tmpfs = ["--read-only-tmpfs=false"] if self.name == "podman" else []
+        return self.run(
+            "run", "--rm", pull, "--user", USER, f"--network={network}", "--read-only", *tmpfs, image, *args
+        )
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    settings = STATE / "engine.env"
+    if not settings.is_file():
+        pytest.fail(f"{settings} is missing: build the images first (make image-test does)")
+    values = dict(line.split("=", 1) for line in settings.read_text().splitlines() if "=" in line)
+    found = Engine(values.pop("ENGINE"), {**os.environ, **values})
+    for image in (ANSWER_IMAGE, LOAD_IMAGE):
+        inspected = found.run("image", "inspect", "--format", "{{.Id}}", image)
+        assert inspected.returncode == 0, f"{image} not built (make image-test builds it): {inspected.stderr}"
+    return found
+
+
+@pytest.fixture(scope="module")
+def host_hf_home(tmp_path_factory) -> Path:
+    """The tiny model in a host HF cache under the image's id and revision, by the image's own bake code."""
+    spec = importlib.util.spec_from_file_location("bake_model", ROOT / "docker" / "bake_model.py")
+    bake = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bake)
+    hf_home = tmp_path_factory.mktemp("hf")
+    bake.bake_folder(MODEL_ID, TINY_MODEL, hf_home / "hub")
+    return hf_home
+
+
+def host_answer(in_dir: Path, out_dir: Path, hf_home: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "QA_", "TRANSFORMERS_"))}
+    env.update(HF_HOME=str(hf_home), HF_HUB_OFFLINE="1", QA_MODEL=MODEL_ID)
+    result = subprocess.run(
+        [str(BIN / "qa-answer"), "answer", str(in_dir), str(out_dir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def writable_out(path: Path) -> Path:
+    """An output folder the image user owns, as Pachyderm hands /pfs/out to the pipeline's user."""
+    path.mkdir(parents=True)
+    os.chown(path, 10001, 10001)
+    return path
+
+
+def image_answer(engine: Engine, in_dir: Path, out_dir: Path) -> subprocess.CompletedProcess:
+    return engine.container(
+        ANSWER_IMAGE,
+        *("-v", f"{in_dir}:/pfs/in:ro", "-v", f"{out_dir}:/pfs/out"),
+        *("qa-answer", "answer", "/pfs/in", "/pfs/out"),
+    )
+
+
+def assert_same_files(image_out: Path, host_out: Path) -> dict[str, bytes]:
+    image_files, host_files = files_under(image_out), files_under(host_out)
+    assert sorted(image_files) == sorted(host_files)
+    for name, data in host_files.items():
+        assert image_files[name] == data, f"{name} differs between the image and the host"
+    return image_files
+
+
+def bad_csv_corpus(folder: Path) -> Path:
+    """The CSV reader's corpus of unreadable files, plus files with bad rows among good ones."""
+    folder.mkdir()
+    (mark,) = _file_level_cases.pytestmark
+    for case in mark.args[1]:
+        (folder / f"{case.id}.csv").write_bytes(case.values[0])
+    (folder / "bad-rows.csv").write_bytes(
+        b"question,context,id\n"
+        b"Who?,Ada wrote it.,a\n"
+        b"caf\xe9?,latin-1 bytes,b\n"
+        b"Who?,too,many,fields\n"
+        b"too few\n"
+        b",no question,c\n"
+        b"Who?,   ,d\n"
+        b"Who?,nul\x00here,f\n"
+        b'"bad"quote,c,g\n'
+        b'Last?,"multi\nline ok",h\n'
+        b'q2,"open\nq3,c3\n'
+    )
+    (folder / "nested").mkdir()
+    latin1 = "question,context\n" + "".join(f"Où {i}?,à côté {i}\n" for i in range(5))
+    (folder / "nested" / "latin1.csv").write_bytes(latin1.encode("latin-1"))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def examples_answered(engine, host_hf_home, tmp_path_factory) -> Path:
+    out = writable_out(tmp_path_factory.mktemp("examples") / "out")
+    result = image_answer(engine, ROOT / "examples", out)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return out
+
+
+def test_image1_answers_examples_offline_read_only_byte_identical_to_the_host(
+    examples_answered, host_hf_home, tmp_path
+):
+    host_answer(ROOT / "examples", tmp_path / "host", host_hf_home)
+    files = assert_same_files(examples_answered, tmp_path / "host")
+    answers = [name for name in files if name.startswith("answers/")]
+    assert len(answers) == 3 and all(files[name].count(b"\n") > 1 for name in answers)
+    assert f"{MODEL_ID}@".encode() in files["answers/geography.csv"]
+
+
+def test_image1_rejects_the_bad_csv_corpus_byte_identical_to_the_host(engine, host_hf_home, tmp_path):
+    corpus = bad_csv_corpus(tmp_path / "in")
+    out = writable_out(tmp_path / "image")
+    result = image_answer(engine, corpus, out)
+    assert result.returncode == 0, result.stdout + result.stderr
+    host_answer(corpus, tmp_path / "host", host_hf_home)
+    files = assert_same_files(out, tmp_path / "host")
+    rejected = b"".join(data for name, data in files.items() if name.startswith("rejected/"))
+    assert b"the file is UTF-16 encoded; save it as UTF-8" in rejected
+    assert b"not UTF-8: undecodable byte 0xf9 in column 'question'" in rejected
+    assert b"Ada wrote it." in files["answers/bad-rows.csv"]
+
+
+def test_image1_ingests_from_the_gcs_emulator(engine, gcs_server, gcs_bucket, tmp_path):
+    sources = {"questions/a.csv": b"question,context\nWho?,Ada.\n", "questions/sub/b.csv": b"q,c\n"}
+    upload(gcs_bucket, {**sources, "elsewhere/c.csv": b"x\n", "questions/notes.txt": b"n\n"})
+    out = writable_out(tmp_path / "out")
+    result = engine.container(
+        ANSWER_IMAGE,
+        *("-e", f"STORAGE_EMULATOR_HOST={gcs_server.url}", "-v", f"{out}:/pfs/out"),
+        *("qa-answer", "ingest", f"gs://{gcs_bucket.name}/questions", "/pfs/out"),
+        network="host",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert files_under(out) == {
+        "a.csv": sources["questions/a.csv"],
+        "sub/b.csv": sources["questions/sub/b.csv"],
+    }
+
+
+@pytest.fixture
+def socket_dir(pg_database) -> Iterator[Path]:
+    """The test server's socket folder, reachable by the image user for the test's duration."""
+    folder = Path(pg_database.env["PG_HOST"])
+    mode = folder.stat().st_mode & 0o7777
+    folder.chmod(0o777)
+    yield folder
+    folder.chmod(mode)
+
+
+def image_load(engine: Engine, pg_database, socket_dir: Path, in_dir: Path) -> subprocess.CompletedProcess:
+    env = {**pg_database.env, "PG_HOST": "/run/pg"}
+    flags = [arg for key, value in env.items() for arg in ("-e", f"{key}={value}")]
+    return engine.container(
+        LOAD_IMAGE, *flags, "-v", f"{socket_dir}:/run/pg", "-v", f"{in_dir}:/pfs/in:ro", "pg-load", "/pfs/in"
+    )
+
+
+def test_image2_mirrors_the_answers_into_postgres_and_a_rerun_writes_nothing(
+    engine, examples_answered, pg_database, socket_dir
+):
+    first = image_load(engine, pg_database, socket_dir, examples_answered)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "files unchanged=0 added=3 " in first.stdout
+    answer_lines = sum(
+        data.count(b"\n") - 1
+        for name, data in files_under(examples_answered).items()
+        if name.startswith("answers/")
+    )
+    conn = pg_database.connect()
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*), count(DISTINCT source_file) FROM qa_answers")
+        assert cur.fetchone() == (answer_lines, 3)
+    before = row_versions(conn)
+
+    again = image_load(engine, pg_database, socket_dir, examples_answered)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "files unchanged=3 added=0 replaced=0 deleted=0" in again.stdout and " written=0;" in again.stdout
+    assert row_versions(conn) == before
+
+
+def test_image2_has_no_torch(engine):
+    result = engine.container(LOAD_IMAGE, "python", "-c", "import torch")
+    assert result.returncode == 1
+    assert "No module named 'torch'" in result.stderr
+
+
+def test_an_unreadable_mounted_model_folder_is_named_as_unreadable(engine, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(TINY_MODEL, model)
+    (model / "model.safetensors").chmod(0o600)  # what save_pretrained leaves, owned by root
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "q.csv").write_text("question,context\nWho?,Ada.\n")
+    out = writable_out(tmp_path / "out")
+    result = engine.container(
+        ANSWER_IMAGE,
+        *("-v", f"{model}:/model:ro", "-v", f"{tmp_path / 'in'}:/pfs/in:ro", "-v", f"{out}:/pfs/out"),
+        *("-e", "QA_MODEL=/model", "qa-answer", "answer", "/pfs/in", "/pfs/out"),
+    )
+    assert result.returncode != 0
+    assert "not readable by uid 10001: /model/model.safetensors (mode 0600, owner uid 0)" in result.stderr
+    assert "No such file or directory" not in result.stderr
