@@ -341,7 +341,10 @@ def test_workflow_pushes_both_images_by_sha_from_main_only():
     assert builds[0]["with"]["cache-to"] == "type=gha,mode=max,scope=${{ matrix.component }}"
     smoke = next(s for s in steps if s.get("name", "").startswith("Smoke test"))
     assert steps.index(builds[0]) < steps.index(smoke) < steps.index(builds[1])
-    assert smoke["run"] == 'docker run --rm "$IMAGE" "$COMMAND" --help'
+    assert smoke["run"].startswith('docker run --rm "$IMAGE" "$COMMAND" --help\n')
+    # image 1 answers examples/ with the baked model, offline, and must find Paris (test_images.py runs it)
+    assert "docker run --rm --network none --read-only --tmpfs /tmp --user 10001:10001" in smoke["run"]
+    assert '-v "$PWD/examples:/pfs/in:ro"' in smoke["run"] and '"Paris" in row["answer"]' in smoke["run"]
     tags = next(s for s in steps if s.get("id") == "tags")
     assert 'tags="${IMAGE}:${GITHUB_SHA}${SUFFIX}"' in tags["run"]
     assert 'if [ "$PUSH_LATEST" = "true" ]; then' in tags["run"]  # latest only when asked
