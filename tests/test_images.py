@@ -14,6 +14,7 @@ import io
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -293,3 +294,80 @@ def test_the_ci_smoke_step_answers_examples_in_image1(engine, examples_answered,
         assert result.returncode == 0, result.stderr
     else:
         assert result.returncode == 1 and "was not answered with Paris" in result.stderr
+
+
+# --- pachyderm-local --engine: the DAG's steps in their images ----------------------------------------------
+
+
+def pachyderm_local(engine: Engine, root: Path, *args: str, env: dict[str, str] | None = None):
+    return subprocess.run(
+        [str(BIN / "pachyderm-local"), "--root", str(root), *args],
+        env={**engine.env, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_pachyderm_local_runs_the_dag_in_the_images_as_on_the_host(
+    engine, gcs_server, gcs_bucket, pg_database, tmp_path
+):
+    upload(
+        gcs_bucket,
+        {f"q/{p.relative_to(ROOT / 'examples')}": p.read_bytes() for p in (ROOT / "examples").rglob("*.csv")},
+    )
+    specs = [str(ROOT / "specs" / f"{name}.json") for name in ("gcs-ingest", "qa-answer", "pg-load")]
+    flags = ["--env", f"GCS_BUCKET={gcs_bucket.name}", "--env", "GCS_PREFIX=q", "--env", "PG_SSLMODE=disable"]
+    flags += ["--env", f"QA_MODEL={TINY_MODEL}", "--env", f"STORAGE_EMULATOR_HOST={gcs_server.url}"]
+    in_images = ["--engine", engine.name, "--engine-network", "gcs-ingest=host"]
+    pg_env = {k: v for k, v in pg_database.env.items() if k != "PG_SSLMODE"}
+
+    first = pachyderm_local(engine, tmp_path / "images", "run", *specs, *flags, *in_images, env=pg_env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "qa-answer: processed=3 skipped=0 failed=0" in first.stdout
+    assert "pg-load: processed=1 skipped=0 failed=0" in first.stdout
+    conn = pg_database.connect()
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(DISTINCT source_file), count(*) FROM qa_answers")
+        assert cur.fetchone() == (3, 10)
+    before = row_versions(conn)
+
+    again = pachyderm_local(engine, tmp_path / "images", "run", *specs, *flags, *in_images, env=pg_env)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert (
+        "qa-answer: processed=0 skipped=3" in again.stdout
+        and "pg-load: processed=0 skipped=1" in again.stdout
+    )
+    assert row_versions(conn) == before
+
+    host = pachyderm_local(engine, tmp_path / "host", "run", *specs[:2], *flags)
+    assert host.returncode == 0, host.stdout + host.stderr
+    for name in ("answers/geography.csv", "answers/history/europe.csv", "answers/science.csv"):
+        in_image = pachyderm_local(engine, tmp_path / "images", "get-file", f"qa-answer:{name}")
+        on_host = pachyderm_local(engine, tmp_path / "host", "get-file", f"qa-answer:{name}")
+        assert in_image.stdout == on_host.stdout != ""
+    assert engine.run("ps", "-a", "--filter", "name=pachyderm-local-", "--format", "{{.Names}}").stdout == ""
+
+
+def test_a_datum_that_times_out_in_a_container_takes_the_container_with_it(engine, tmp_path):
+    spec = tmp_path / "sleepy.json"
+    spec.write_text(
+        '{"pipeline": {"name": "sleepy"}, "input": {"pfs": {"repo": "things", "glob": "/*"}},'
+        ' "transform": {"image": "pachyderm-qa-load:IMAGE_TAG", "cmd": ["sleep", "600"]},'
+        ' "datum_tries": 1, "datum_timeout": "3s"}'
+    )
+    (tmp_path / "a.txt").write_text("a\n")
+    assert (
+        pachyderm_local(engine, tmp_path / "root", "put-file", "things", str(tmp_path / "a.txt")).returncode
+        == 0
+    )
+    result = pachyderm_local(engine, tmp_path / "root", "run", str(spec), "--engine", engine.name)
+    assert result.returncode == 1 and "sleepy: processed=0 skipped=0 failed=1" in result.stdout
+    assert "timed out after 3s" in result.stderr
+    # the watchdog removes the container once the killed client's pipe closes: allow it a few seconds
+    deadline = time.monotonic() + 30
+    while (
+        names := engine.run("ps", "-a", "--format", "{{.Names}}").stdout.split()
+    ) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert [n for n in names if n.startswith("pachyderm-local-")] == []

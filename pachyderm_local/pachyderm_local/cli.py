@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+from .engine import ENGINES, engine_from_flags
 from .envs import EnvFileError, LocalEnv, parse_assignments, parse_env_file
 from .pathmap import UnsafePathError
 from .runner import Runner, RunSettings, prepend_path, resolve_local_dir
@@ -186,7 +187,11 @@ def cmd_run(store: Store, args: argparse.Namespace, out: TextIO) -> int:
     local = LocalEnv(
         process=process, files=env_files, flags=parse_assignments(args.env), secret_dirs=secret_dirs
     )
-    settings = RunSettings(max_parallelism=args.max_parallelism, keep_sandboxes=args.keep_sandboxes)
+    try:
+        engine = engine_from_flags(args.engine, args.image_tag, args.engine_network)
+    except ValueError as exc:
+        raise StoreError(str(exc)) from exc
+    settings = RunSettings(args.max_parallelism, args.keep_sandboxes, engine)
     with store.lock():
         results = Runner(store, local, settings, sys.stderr).run(specs, out)
     return 1 if any(r.state != "success" for r in results) else 0
@@ -250,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-parallelism", type=int, default=None, help="cap parallelism_spec.constant")
     p.add_argument("--keep-sandboxes", action="store_true", help="keep datum sandboxes for debugging")
+    p.add_argument("--engine", choices=ENGINES, help="run each command in the spec's image (engine.py)")
+    p.add_argument("--image-tag", default="local", help="replaces IMAGE_TAG in images (default: local)")
+    p.add_argument("--engine-network", action="append", default=[], metavar="PIPELINE=MODE")
     p.set_defaults(func=cmd_run)
     return parser
 

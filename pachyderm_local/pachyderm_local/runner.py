@@ -10,13 +10,14 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
 from .batching import DatumQueue, serve_worker, write_pachctl
 from .dag import downstream_of, pipeline_order
 from .datums import CommitView, Datum, plan_datums, split_done
+from .engine import ContainerEngine
 from .envs import LocalEnv, effective_spec_env, job_env
 from .outputs import merge_outputs
 from .pathmap import PathMap
@@ -30,6 +31,7 @@ LOG_TAIL_LINES = 30
 class RunSettings:
     max_parallelism: int | None = None  # caps parallelism_spec.constant on a small machine
     keep_sandboxes: bool = False
+    engine: ContainerEngine | None = None  # run each command in the spec's image (engine.py)
 
 
 @dataclass
@@ -254,6 +256,8 @@ class Runner:
                 env[item.name] = str(pfs / item.name) + ("" if item.path == "/" else item.path)
                 env[f"{item.name}_COMMIT"] = item.commit_id
             argv = path_map.apply_all(spec.cmd)
+            if self.settings.engine is not None:
+                argv = self.settings.engine.wrap(spec, argv, pfs=pfs, **self._engine_context())
             stdin = path_map.apply("\n".join(spec.stdin)) + "\n" if spec.stdin else None
             with open(log_path, "a", encoding="utf-8") as log:
                 log.write(f"--- {now()} try {attempt}/{spec.datum_tries} datum {datum.describe()}\n")
@@ -332,12 +336,17 @@ class Runner:
             )
 
         def worker(slot: int) -> None:
+            engine, run_spec, layout = self.settings.engine, spec, self._layout
+            if engine is not None:  # the command in a container that keeps /pfs mounted across datums
+                pfs = job_dir / f"worker-{slot}" / "pfs"
+                cmd = engine.wrap(spec, list(spec.cmd), pfs=pfs, **self._engine_context())
+                run_spec, layout = replace(spec, cmd=tuple(cmd)), engine.keep_mount(self._layout)
             serve_worker(
-                spec=spec,
+                spec=run_spec,
                 worker_dir=job_dir / f"worker-{slot}",
                 queue=queue,
                 make_outcome=lambda d: _DatumOutcome(d, ok=False),
-                layout=self._layout,
+                layout=layout,
                 collect=collect,
                 finish=finish,
                 process_env=process_env,
@@ -348,6 +357,9 @@ class Runner:
             for future in [pool.submit(worker, n) for n in range(min(parallelism, len(todo)))]:
                 future.result()
         return [finished.get(d.id) or _DatumOutcome(d, ok=False, error="not run") for d in todo]
+
+    def _engine_context(self) -> dict[str, Any]:
+        return {"secret_dirs": self.local.secret_dirs, "overrides": self.local.overrides()}
 
     def _path_map(self, spec: PipelineSpec, pfs: Path) -> PathMap:
         mapping = {"/pfs": str(pfs)}
