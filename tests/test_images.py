@@ -371,3 +371,35 @@ def test_a_datum_that_times_out_in_a_container_takes_the_container_with_it(engin
     ) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert [n for n in names if n.startswith("pachyderm-local-")] == []
+
+
+def _answers_block(stdout: str) -> str:
+    return stdout.split("A few answers from Postgres", 1)[1].split("Where to look", 1)[0]
+
+
+@pytest.mark.slow
+def test_demo_in_the_images_prints_the_hosts_answers_and_its_rerun_does_nothing(engine, tmp_path):
+    """`make demo ENGINE=podman` (scripts/demo.py --engine) against `make demo`, same model folder."""
+
+    def demo(state: Path, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(BIN / "python"), str(ROOT / "scripts" / "demo.py"), "--state-dir", str(state), *args],
+            env={**os.environ, "QA_MODEL": str(TINY_MODEL)},
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=ROOT,
+        )
+
+    in_images = demo(tmp_path / "images", "--engine", engine.name)
+    assert in_images.returncode == 0, in_images.stdout + in_images.stderr
+    assert f"steps run in the images ({engine.name})" in in_images.stdout
+    assert (
+        "demo: files=3 answers=10 rejected=0 answered_files_this_run=3 loads_this_run=1" in in_images.stdout
+    )
+    on_host = demo(tmp_path / "host")
+    assert on_host.returncode == 0, on_host.stdout + on_host.stderr
+    assert _answers_block(in_images.stdout) == _answers_block(on_host.stdout)
+    again = demo(tmp_path / "images", "--engine", engine.name)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "demo: nothing changed since the last run: nothing answered, nothing written" in again.stdout
