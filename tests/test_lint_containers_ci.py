@@ -92,8 +92,10 @@ def test_images_are_slim_layered_and_run_as_a_user(image):
     assert re.fullmatch(r"python:3\.\d+-slim(-\w+)?", _args(dockerfile)["PYTHON_IMAGE"])
     *_, build, runtime = _stages(dockerfile)
     # dependencies from pyproject.toml alone, then the code, so a code edit reuses the dependency layer
-    deps = _index(build, "COPY", "pyproject.toml README.md docker/constraints.txt /tmp/deps/")
+    deps = _index(build, "COPY", "pyproject.toml docker/constraints.txt /tmp/deps/")
+    assert "README.md" not in build[deps][1]  # a docs edit must not rebuild (and ship) the dependencies
     install = _index(build, "RUN", f'pip install -c /tmp/deps/constraints.txt "/tmp/deps[{image}]"')
+    assert "touch /tmp/deps/README.md " in build[install][1]
     assert "/pachyderm-qa.pth', 'w').write('/opt/app')" in build[install][1]  # the code's folder on the path
     code = _index(build, "COPY", "pachyderm_01/qa_answer")
     assert deps < install < code < _index(build, "RUN", "pip install --no-deps --target /opt/app /src")
