@@ -86,6 +86,22 @@ def test_dockerfiles_are_hadolint_clean(image):
     assert result.returncode == 0 and result.stdout == "", result.stdout + result.stderr
 
 
+def test_local_build_files_are_lint_clean():
+    """`make images`' own files: the Debian stand-in base, the build script, and .ci/run that runs it."""
+    result = subprocess.run(
+        [str(BIN / "hadolint"), "--no-color", str(ROOT / "docker" / "local-base.Dockerfile")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0 and result.stdout == "", result.stdout + result.stderr
+    scripts = [ROOT / "docker" / "build-images.sh", ROOT / ".ci" / "run"]
+    result = subprocess.run(
+        [str(BIN / "shellcheck"), *map(str, scripts)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 @pytest.mark.parametrize("image", sorted(DOCKERFILES))
 def test_images_are_slim_layered_and_run_as_a_user(image):
     dockerfile = DOCKERFILES[image]
