@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 
-.PHONY: venv test lint demo tiny-model images image-test clean constraints
+.PHONY: venv test lint demo tiny-model images image-test clean clean-images constraints
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -45,6 +45,12 @@ image-test: tiny-model
 
 clean:
 	rm -rf .pachyderm-local .demo
+
+# The images, their layers and podman's state kept in .containers/ (a few GB).
+clean-images:
+	if [ -f .containers/engine.env ] && grep -q '^ENGINE=podman' .containers/engine.env; then \
+	  set -a; . .containers/engine.env; set +a; podman system reset --force; fi
+	rm -rf .containers
 
 # Re-pin docker/constraints.txt (what the images install) to the versions in .venv, after an intended upgrade
 # that the test suite has passed with.
