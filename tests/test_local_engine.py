@@ -85,7 +85,11 @@ def test_the_container_sees_pfs_and_secret_paths_and_values_only_by_name(spec, t
     with socket.socket(socket.AF_UNIX) as sock:
         sock.bind(str(private / ".s.PGSQL.5432"))
         wrapped = ContainerEngine().wrap(
-            spec, ["pg-load", f"{pfs}/answers"], pfs=pfs, secret_dirs={"db": "/srv/db"}, overrides=["K", "H"]
+            spec,
+            ["pg-load", f"{pfs}/answers"],
+            pfs=pfs,
+            secret_dirs={"db": "/srv/db"},
+            overrides=["K", "H", "LD_LIBRARY_PATH"],
         )
         args = launcher_args(wrapped)
         env = {
@@ -95,6 +99,7 @@ def test_the_container_sees_pfs_and_secret_paths_and_values_only_by_name(spec, t
             "answers": f"{pfs}/answers",
             "K": str(key_file),
             "H": str(private),
+            "LD_LIBRARY_PATH": "/usr/lib/x86_64-linux-gnu",
         }
         argv, client_env = container_argv(args, env, "pachyderm-local-x")
     assert argv[:7] == [
@@ -112,6 +117,7 @@ def test_the_container_sees_pfs_and_secret_paths_and_values_only_by_name(spec, t
     assert f"{key_file}:{key_file}:ro" in volumes
     sock_path = private / ".s.PGSQL.5432"
     assert f"{sock_path}:{sock_path}" in volumes and not any(v.startswith(f"{private}:") for v in volumes)
+    assert not any(v.startswith("/usr/") for v in volumes)  # never over the image's own system folders
     assert "s3cret" not in " ".join(argv)  # values travel in the client's environment, named by --env
     assert argv[argv.index("PG_PASSWORD") - 1 : argv.index("PG_PASSWORD") + 1] == ["--env", "PG_PASSWORD"]
     assert client_env["PG_PASSWORD"] == "s3cret"

@@ -36,6 +36,9 @@ from .spec import PfsInput, PipelineSpec, leaf_inputs
 ENGINES = ("podman", "docker")
 SOCKET_ENV = "PACHYDERM_LOCAL_BATCHING_SOCKET"  # the same name batching.py sets
 SOCKET_MOUNT = "/run/pachyderm-local"
+_SYSTEM_FOLDERS = tuple(
+    f"/{d}/" for d in ("usr", "lib", "lib64", "bin", "sbin", "etc", "opt", "proc", "sys", "dev")
+)
 PACHYDERM_VARS = ("PACH_JOB_ID", "PACH_DATUM_ID", "PACH_OUTPUT_COMMIT_ID", "PPS_PIPELINE_NAME")
 
 
@@ -160,7 +163,10 @@ def container_argv(args: argparse.Namespace, env: Mapping[str, str], name: str) 
 
 
 def _names_host_path(value: str) -> bool:
-    return value.startswith("/") and value.count("/") > 1 and Path(value).exists()
+    """An existing host path outside the system folders an image brings its own of (never mounted over)."""
+    if not value.startswith("/") or value.count("/") < 2 or value.startswith(_SYSTEM_FOLDERS):
+        return False
+    return Path(value).exists()
 
 
 def _same_path_volumes(path: Path) -> list[str]:
