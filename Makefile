@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 
-.PHONY: venv test lint demo tiny-model clean constraints
+.PHONY: venv test lint demo tiny-model images image-test clean clean-images constraints
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -32,8 +32,25 @@ demo: venv
 tiny-model: venv
 	$(PY) scripts/make_tiny_model.py .demo/tiny-model
 
+# Both images as pachyderm-qa-answer:local and pachyderm-qa-load:local, with docker, else podman (installed when
+# missing, state in .containers/); prints sizes and the code layer. QA_MODEL_DIR=DIR bakes that saved model
+# folder instead of downloading the hub model. Details: docker/build-images.sh.
+images: venv
+	PY=$(PY) QA_MODEL_DIR="$(QA_MODEL_DIR)" docker/build-images.sh
+
+# Builds both images with the tiny model baked and runs them from outside (tests/test_images.py).
+image-test: tiny-model
+	PY=$(PY) QA_MODEL_DIR=.demo/tiny-model docker/build-images.sh
+	$(PY) -m pytest -q -m images tests/test_images.py
+
 clean:
 	rm -rf .pachyderm-local .demo
+
+# The images, their layers and podman's state kept in .containers/ (a few GB).
+clean-images:
+	if [ -f .containers/engine.env ] && grep -q '^ENGINE=podman' .containers/engine.env; then \
+	  set -a; . .containers/engine.env; set +a; podman system reset --force; fi
+	rm -rf .containers
 
 # Re-pin docker/constraints.txt (what the images install) to the versions in .venv, after an intended upgrade
 # that the test suite has passed with.

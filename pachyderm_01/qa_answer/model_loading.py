@@ -6,6 +6,7 @@ Failures become one ``ModelLoadError`` that says which model, where it was looke
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,22 @@ def local_folder(model: str) -> Path | None:
     return None
 
 
+def check_readable(model: str, folder: Path) -> None:
+    """Name what this process may not read in a model folder: the library reports such files as missing."""
+    if not os.access(folder, os.R_OK | os.X_OK):
+        blocked = [folder]
+    else:
+        blocked = [p for p in sorted(folder.iterdir()) if p.is_file() and not os.access(p, os.R_OK)]
+    if blocked:
+        listed = ", ".join(
+            f"{p} (mode {p.stat().st_mode & 0o777:04o}, owner uid {p.stat().st_uid})" for p in blocked
+        )
+        raise ModelLoadError(
+            f"could not load QA model {model!r}: not readable by uid {os.getuid()}: {listed}. "
+            "Make the model folder world-readable (chmod -R a+rX DIR) or run as its owner."
+        )
+
+
 def load_model(config: QAConfig) -> LoadedModel:
     """Load tokenizer and model from a local folder or the hub (cache first when offline)."""
     from huggingface_hub import constants as hub_constants
@@ -73,6 +90,8 @@ def load_model(config: QAConfig) -> LoadedModel:
     folder = local_folder(config.model)
     offline = hub_constants.is_offline_mode()
     source = str(folder) if folder is not None else config.model
+    if folder is not None:
+        check_readable(config.model, folder)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=offline)
         model = AutoModelForQuestionAnswering.from_pretrained(source, local_files_only=offline)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TextIO
 
 from .datums import CommitView, plan_datums
+from .engine import ENGINES, engine_from_flags
 from .envs import EnvFileError, LocalEnv, parse_assignments, parse_env_file
 from .names import InvalidNameError, clean_lookup_path, validate_file_path, validate_id, validate_name
 from .pathmap import UnsafePathError
@@ -244,7 +245,11 @@ def cmd_run(store: Store, args: argparse.Namespace, out: TextIO) -> int:
         secret_dirs=secret_dirs,
         file_names=", ".join(paths) or "env file",
     )
-    settings = RunSettings(max_parallelism=args.max_parallelism, keep_sandboxes=args.keep_sandboxes)
+    try:
+        engine = engine_from_flags(args.engine, args.image_tag, args.engine_network)
+    except ValueError as exc:
+        raise StoreError(str(exc)) from exc
+    settings = RunSettings(args.max_parallelism, args.keep_sandboxes, engine)
     with store.lock(), GroupReaper() as reaper, _interrupts_raise() as received:
         try:
             results = Runner(store, local, settings, sys.stderr, reaper).run(specs, out)
@@ -342,6 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-parallelism", type=int, default=None, help="cap parallelism_spec.constant")
     p.add_argument("--keep-sandboxes", action="store_true", help="keep datum sandboxes for debugging")
+    p.add_argument("--engine", choices=ENGINES, help="run each command in the spec's image (engine.py)")
+    p.add_argument("--image-tag", default="local", help="replaces IMAGE_TAG in images (default: local)")
+    p.add_argument("--engine-network", action="append", default=[], metavar="PIPELINE=MODE")
     p.set_defaults(func=cmd_run)
     return parser
 

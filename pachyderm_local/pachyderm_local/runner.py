@@ -33,6 +33,7 @@ from .batching import (
 )
 from .dag import downstream_of, pipeline_order
 from .datums import CommitView, Datum, plan_datums, split_done
+from .engine import ContainerEngine
 from .envs import LocalEnv, effective_spec_env, job_env
 from .jobs import DatumOutcome, DatumRecord, JobRecord
 from .names import InvalidNameError, validate_file_path
@@ -52,6 +53,7 @@ _T = TypeVar("_T")
 class RunSettings:
     max_parallelism: int | None = None  # caps parallelism_spec.constant on a small machine
     keep_sandboxes: bool = False
+    engine: ContainerEngine | None = None  # run each command in the spec's image (engine.py)
 
 
 @dataclass
@@ -395,7 +397,13 @@ class Runner:
             prepend_path(env, str(batching.bin_dir))
             env[SOCKET_ENV] = batching.socket
         stdin = path_map.apply("\n".join(spec.stdin)) + "\n" if spec.stdin else None
-        return DatumCommand(path_map.apply_all(spec.cmd), env, stdin), env_plan.notes
+        argv = path_map.apply_all(spec.cmd)
+        if self.settings.engine is not None:  # the same command, inside the spec's image
+            overrides = [*self.local.files, *self.local.flags]
+            argv = self.settings.engine.wrap(
+                spec, argv, pfs=pfs, secret_dirs=self.local.secret_dirs, overrides=overrides
+            )
+        return DatumCommand(argv, env, stdin), env_plan.notes
 
     def _run_datum(self, plan: JobPlan, datum: Datum) -> DatumOutcome:
         """Up to ``datum_tries`` tries, each in a fresh sandbox."""
@@ -517,7 +525,12 @@ class _BatchedJob:
         self._lock = threading.Lock()
 
     def lay_out(self, pfs: Path, datum: Datum | None) -> None:
-        self.runner.lay_out(self.plan.job_id, pfs, datum)
+        def lay_out(d: object, folder: Path) -> None:
+            self.runner.lay_out(self.plan.job_id, folder, d)  # type: ignore[arg-type]
+
+        engine = self.runner.settings.engine
+        # A running container keeps seeing the folder it mounted: with an engine, /pfs keeps its inode.
+        (engine.keep_mount(lay_out) if engine is not None else lay_out)(datum, pfs)
 
     def command(self, pfs: Path, socket_path: str) -> DatumCommand:
         link = BatchingLink(self.bin_dir, socket_path)
