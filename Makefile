@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 
-.PHONY: venv test lint demo tiny-model images image-test clean clean-images constraints
+.PHONY: venv test test-fast lint demo tiny-model images image-test clean clean-images constraints
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -18,8 +18,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[answer,load,local,dev]"
 	touch $@
 
+# Everything CI runs: the suite, then both images built and run (image-test). test-fast: the suite without the
+# end-to-end and image tests, for a quick loop while editing.
 test: venv
 	$(PY) -m pytest -q
+	$(MAKE) image-test
+
+test-fast: venv
+	$(PY) -m pytest -q -m 'not slow and not images'
 
 lint: venv
 	$(VENV)/bin/ruff check .
