@@ -1,0 +1,164 @@
+"""Precision variants ("engines") of one loaded model, and the start-up probe that keeps the fastest.
+
+The fp32 model runs as loaded (answers equal the transformers pipeline's) and is always kept: it also answers
+the sample of rows that measures agreement with fp32. On a CPU, bf16 runs a bfloat16 copy of the weights
+(no per-op casts, faster than autocast there) and int8 a copy whose ``nn.Linear`` layers are torch
+dynamic-quantized (int8 weights, activations quantized per batch). On CUDA, fp16 and bf16 run the fp32
+weights under ``torch.autocast``, which keeps softmax and layer norms in fp32. Which one is fastest depends on
+the machine's matrix instructions (AMX, AVX512-BF16, VNNI, tensor cores), so ``fast`` times them on real data.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+CPU_CANDIDATES = ("fp32", "bf16", "int8")
+CUDA_CANDIDATES = ("fp16", "bf16")
+#: The probe stops starting timed passes after this many seconds (each candidate still gets one).
+PROBE_SECONDS = 4.0
+#: Timed passes per candidate at most; the best (least disturbed) one counts.
+PROBE_MAX_PASSES = 3
+
+Logits = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Engine:
+    """One way to run the model: ``forward(inputs) -> (start_logits, end_logits)`` on the model's device."""
+
+    precision: str
+    forward: Callable[[Mapping[str, torch.Tensor]], Logits]
+    module: Any  # the nn.Module that runs (a copy for CPU bf16 / int8)
+
+
+def check_precision_device(precision: str, device: torch.device) -> None:
+    """Raise ``ValueError`` for a precision the device has no kernels for."""
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError(
+            "precision fp16 runs on CUDA devices only; on a CPU use bf16, int8 or fast "
+            "(see docs/answering-core.md)"
+        )
+    if precision == "int8" and device.type != "cpu":
+        raise ValueError(
+            "precision int8 (torch dynamic quantization) runs on a CPU only; on a GPU use fp16, bf16 or fast"
+        )
+
+
+def candidates(precision: str, device: torch.device) -> tuple[str, ...]:
+    """The precisions ``precision`` stands for on ``device``: one, or several for ``fast`` to time."""
+    if precision != "fast":
+        return (precision,)
+    if device.type != "cuda":
+        return CPU_CANDIDATES
+    bf16_ok = torch.cuda.is_bf16_supported()
+    return tuple(p for p in CUDA_CANDIDATES if p != "bf16" or bf16_ok)
+
+
+def build_engine(model: Any, precision: str, device: torch.device) -> Engine:
+    """An engine for ``precision`` over the fp32 ``model`` (left unchanged; CPU bf16 / int8 run a copy)."""
+    check_precision_device(precision, device)
+    if precision == "fp32":
+        return Engine("fp32", _plain(model), model)
+    if device.type == "cuda":
+        dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+        return Engine(precision, _autocast(model, device, dtype), model)
+    if precision == "bf16":
+        bf16 = copy.deepcopy(model).to(dtype=torch.bfloat16).eval()
+        return Engine("bf16", _plain(bf16), bf16)
+    if precision == "int8":
+        int8 = quantize_int8(model)
+        return Engine("int8", _plain(int8), int8)
+    raise ValueError(f"no engine for precision {precision!r} on {device}")
+
+
+def quantize_int8(model: Any) -> Any:
+    """A copy of ``model`` with int8 ``nn.Linear`` layers (torch dynamic quantization, CPU kernels)."""
+    with warnings.catch_warnings():
+        # torch.ao.quantization announces its move to torchao; the eager dynamic path still ships in torch.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        from torch.ao.quantization import quantize_dynamic
+
+        return quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear}, dtype=torch.qint8).eval()
+
+
+def _plain(module: Any) -> Callable[[Mapping[str, torch.Tensor]], Logits]:
+    def forward(inputs: Mapping[str, torch.Tensor]) -> Logits:
+        output = module(**inputs)
+        return output.start_logits, output.end_logits
+
+    return forward
+
+
+def _autocast(module: Any, device: torch.device, dtype: torch.dtype) -> Callable[..., Logits]:
+    def forward(inputs: Mapping[str, torch.Tensor]) -> Logits:
+        with torch.autocast(device_type=device.type, dtype=dtype):
+            output = module(**inputs)
+        return output.start_logits, output.end_logits
+
+    return forward
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """What the ``fast`` probe measured: the best seconds per pass of each candidate, and the winner."""
+
+    chosen: Engine
+    seconds: dict[str, float]
+    passes: int
+    shape: tuple[int, int]
+
+    def line(self) -> str:
+        timings = ", ".join(f"{name} {sec:.3f}s" for name, sec in self.seconds.items())
+        return (
+            f"precision fast: best of {self.passes} pass(es) on a batch of {self.shape[0]}x{self.shape[1]} "
+            f"tokens: {timings}; using {self.chosen.precision}"
+        )
+
+
+def pick_fastest(
+    engines: Sequence[Engine],
+    inputs: Mapping[str, torch.Tensor],
+    budget_s: float = PROBE_SECONDS,
+    max_passes: int = PROBE_MAX_PASSES,
+    clock: Callable[[], float] = time.perf_counter,
+) -> ProbeResult:
+    """Time ``engines`` on one real batch, interleaved, and keep the fastest.
+
+    Each engine first runs once untimed (kernel selection, caches), then timed passes go round-robin so
+    that load from other processes hits all candidates alike, until ``budget_s`` is spent or ``max_passes``
+    reached.
+    A pass ends when its logits are on the host, so GPU passes are timed whole.
+    """
+    if not engines:
+        raise ValueError("no engine to choose from")
+    started = clock()
+    with torch.inference_mode():
+        for engine in engines:
+            _host(engine.forward(inputs))
+        best = {engine.precision: float("inf") for engine in engines}
+        passes = 0
+        while passes < max_passes and (passes == 0 or clock() - started < budget_s):
+            passes += 1
+            for engine in engines:
+                start = clock()
+                _host(engine.forward(inputs))
+                best[engine.precision] = min(best[engine.precision], clock() - start)
+    chosen = min(engines, key=lambda e: best[e.precision])
+    shape = tuple(inputs["input_ids"].shape)
+    return ProbeResult(chosen=chosen, seconds=best, passes=passes, shape=(int(shape[0]), int(shape[1])))
+
+
+def _host(logits: Logits) -> None:
+    for tensor in logits:
+        tensor.float().cpu()
