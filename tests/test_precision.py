@@ -113,31 +113,56 @@ def test_fast_times_every_candidate_logs_it_and_keeps_the_fastest(tiny_qa_model_
     assert model.take_agreement().rows == 1  # row 0 of the 20
 
 
-def test_pick_fastest_keeps_the_least_time_and_stops_at_the_budget():
-    """Selection logic on real tensors with a clock that charges each engine a known time per pass."""
-    inputs = {"input_ids": torch.ones(4, 16, dtype=torch.long)}
-    charge = {"fp32": 3.0, "bf16": 1.0, "int8": 2.0}
-    now = [0.0]
-    calls: dict[str, int] = dict.fromkeys(charge, 0)
+class ChargedEngines:
+    """Engines on real tensors with a clock that charges each pass a known time (the selection logic only)."""
 
-    def engine(name: str) -> Engine:
+    def __init__(self, charges: dict[str, list[float]]) -> None:
+        self.charges = {name: iter(times) for name, times in charges.items()}
+        self.calls = dict.fromkeys(charges, 0)
+        self.now = 0.0
+
+    def engine(self, name: str) -> Engine:
         def forward(batch):
-            calls[name] += 1
-            now[0] += charge[name]
+            self.calls[name] += 1
+            self.now += next(self.charges[name])
             logits = batch["input_ids"].float()
             return logits, logits
 
         return Engine(name, forward, None)
 
-    result = pick_fastest(
-        [engine(n) for n in charge], inputs, budget_s=10.0, max_passes=3, clock=lambda: now[0]
-    )
+    def pick(self, **kwargs):
+        inputs = {"input_ids": torch.ones(4, 16, dtype=torch.long)}
+        engines = [self.engine(name) for name in self.calls]
+        return pick_fastest(engines, inputs, clock=lambda: self.now, **kwargs)
+
+
+def test_pick_fastest_stops_when_one_candidate_is_clearly_ahead():
+    timed = ChargedEngines({"fp32": [9.0, 3.0], "bf16": [9.0, 1.0], "int8": [9.0, 2.0]})
+    result = timed.pick(budget_s=100.0, max_passes=4)
     assert result.chosen.precision == "bf16"
-    assert result.seconds == {"fp32": 3.0, "bf16": 1.0, "int8": 2.0}
+    assert result.seconds == {"fp32": 3.0, "bf16": 1.0, "int8": 2.0}  # warm-up passes are not timed
     assert result.shape == (4, 16)
-    # warm-ups (6 s) + one round (6 s) pass the 10 s budget: one timed pass each, nothing more
-    assert (result.passes, calls) == (1, {"fp32": 2, "bf16": 2, "int8": 2})
-    assert "fp32 3.000s, bf16 1.000s, int8 2.000s; using bf16" in result.line()
+    assert (result.passes, timed.calls) == (1, {"fp32": 2, "bf16": 2, "int8": 2})
+    assert "(1 round(s)) on a batch of 4x16 tokens: fp32 3.000s, bf16 1.000s, int8 2.000s; using bf16" in (
+        result.line()
+    )
+
+
+def test_pick_fastest_times_close_candidates_again_until_the_budget():
+    timed = ChargedEngines(
+        {"fp32": [9.0, 3.0], "bf16": [9.0, 1.4, 1.0, 1.1], "int8": [9.0, 1.2, 1.3, 1.25, 1.0]}
+    )
+    # round 1 (5.6 s): fp32 is out; round 2 (7.9 s): both close, budget left; round 3 ends past the 8 s budget
+    result = timed.pick(budget_s=8.0, max_passes=4)
+    assert (result.chosen.precision, result.passes) == ("bf16", 3)
+    assert result.seconds == pytest.approx({"fp32": 3.0, "bf16": 1.0, "int8": 1.2})
+    assert timed.calls == {"fp32": 2, "bf16": 4, "int8": 4}
+
+
+def test_pick_fastest_stops_at_max_passes():
+    timed = ChargedEngines({"bf16": [0.0] + [1.0] * 9, "int8": [0.0] + [1.0] * 9})
+    result = timed.pick(budget_s=100.0, max_passes=2)
+    assert result.passes == 2 and timed.calls == {"bf16": 3, "int8": 3}
 
 
 def test_precision_device_pairs():

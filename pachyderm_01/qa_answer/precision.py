@@ -24,10 +24,12 @@ log = logging.getLogger(__name__)
 
 CPU_CANDIDATES = ("fp32", "bf16", "int8")
 CUDA_CANDIDATES = ("fp16", "bf16")
-#: The probe stops starting timed passes after this many seconds (each candidate still gets one).
-PROBE_SECONDS = 4.0
+#: After the first timed round, further passes (for candidates still in the running) stop after this long.
+PROBE_SECONDS = 3.0
 #: Timed passes per candidate at most; the best (least disturbed) one counts.
-PROBE_MAX_PASSES = 3
+PROBE_MAX_PASSES = 4
+#: A candidate this much slower than the best after a round is out: more passes would not change the choice.
+PROBE_DROP_RATIO = 1.3
 
 Logits = tuple[torch.Tensor, torch.Tensor]
 
@@ -121,8 +123,8 @@ class ProbeResult:
     def line(self) -> str:
         timings = ", ".join(f"{name} {sec:.3f}s" for name, sec in self.seconds.items())
         return (
-            f"precision fast: best of {self.passes} pass(es) on a batch of {self.shape[0]}x{self.shape[1]} "
-            f"tokens: {timings}; using {self.chosen.precision}"
+            f"precision fast: best seconds per pass ({self.passes} round(s)) on a batch of "
+            f"{self.shape[0]}x{self.shape[1]} tokens: {timings}; using {self.chosen.precision}"
         )
 
 
@@ -135,28 +137,33 @@ def pick_fastest(
 ) -> ProbeResult:
     """Time ``engines`` on one real batch, interleaved, and keep the fastest.
 
-    Each engine first runs once untimed (kernel selection, caches), then timed passes go round-robin so
-    that load from other processes hits all candidates alike, until ``budget_s`` is spent or ``max_passes``
-    reached.
-    A pass ends when its logits are on the host, so GPU passes are timed whole.
+    Each engine runs once untimed (kernel selection, caches), then once timed. Then only the candidates within
+    ``PROBE_DROP_RATIO`` of the best get more timed passes, round-robin so that load from other processes hits
+    them alike, until ``budget_s`` is spent or ``max_passes`` reached. A pass ends when its logits are on the
+    host, so GPU passes are timed whole.
     """
     if not engines:
         raise ValueError("no engine to choose from")
-    started = clock()
+    best = {engine.precision: float("inf") for engine in engines}
+    running = list(engines)
+    passes = 0
     with torch.inference_mode():
         for engine in engines:
             _host(engine.forward(inputs))
-        best = {engine.precision: float("inf") for engine in engines}
-        passes = 0
-        while passes < max_passes and (passes == 0 or clock() - started < budget_s):
+        started = clock()
+        while running and passes < max_passes and (passes == 0 or clock() - started < budget_s):
             passes += 1
-            for engine in engines:
+            for engine in running:
                 start = clock()
                 _host(engine.forward(inputs))
                 best[engine.precision] = min(best[engine.precision], clock() - start)
+            fastest = min(best.values())
+            running = [e for e in running if best[e.precision] <= PROBE_DROP_RATIO * fastest]
+            if len(running) == 1:
+                break
     chosen = min(engines, key=lambda e: best[e.precision])
-    shape = tuple(inputs["input_ids"].shape)
-    return ProbeResult(chosen=chosen, seconds=best, passes=passes, shape=(int(shape[0]), int(shape[1])))
+    rows, width = inputs["input_ids"].shape
+    return ProbeResult(chosen=chosen, seconds=best, passes=passes, shape=(int(rows), int(width)))
 
 
 def _host(logits: Logits) -> None:
