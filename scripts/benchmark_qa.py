@@ -12,6 +12,9 @@ rounds.
     D  qa_answer.qa_core, int8 (torch dynamic quantization)
     E  qa_answer.qa_core, fast (times the CPU candidates on its first batch and keeps the fastest)
 
+With ``--device cuda`` (scripts/device_check.sh) the pipeline and the core run on the GPU and D is fp16
+(int8 is a CPU engine); E then chooses between fp16 and bf16 autocast.
+
 Every variant first answers a few rows untimed (kernel set-up; E's start-up probe happens there and is
 printed). C, D and E include the cost of answering their sample of rows in fp32 too, as ``qa-answer`` does.
 The last four lines are ``speedup_fp32_vs_per_row_pipeline``, ``speedup_fast_vs_per_row_pipeline``,
@@ -31,8 +34,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-#: Variant letter -> precision of the batched core (A is the per-row pipeline).
-CORE_VARIANTS = {"B": "fp32", "C": "bf16", "D": "int8", "E": "fast"}
+#: Variant letter -> precision of the batched core (A is the per-row pipeline), per device type.
+CORE_VARIANTS = {
+    "cpu": {"B": "fp32", "C": "bf16", "D": "int8", "E": "fast"},
+    "cuda": {"B": "fp32", "C": "bf16", "D": "fp16", "E": "fast"},
+}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -59,6 +65,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--vocab-size", type=int, default=30000, help="generated WordPiece vocabulary size")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda / cuda:N")
     return parser.parse_args(argv)
 
 
@@ -138,18 +145,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     hf_logging.disable_progress_bar()
     if args.threads:
         torch.set_num_threads(args.threads)
+    core_variants = CORE_VARIANTS["cuda" if args.device.startswith("cuda") else "cpu"]
     rng = random.Random(args.seed)
     vocab, words = generated_vocab(args.vocab_size, rng)
     questions, contexts = generated_rows(args.rows, words, args.long_share, rng)
 
     with tempfile.TemporaryDirectory(prefix="qa-bench-") as tmp:
         folder = build_model(Path(tmp) / "distilbert-base-random", vocab, args.seed)
-        per_row = pipeline("question-answering", model=str(folder), tokenizer=str(folder), device="cpu")
+        per_row = pipeline("question-answering", model=str(folder), tokenizer=str(folder), device=args.device)
         core = {
             p: load_qa_model(
-                QAConfig(model=str(folder), batch_size=args.batch_size, device="cpu", precision=p)
+                QAConfig(model=str(folder), batch_size=args.batch_size, device=args.device, precision=p)
             )
-            for p in CORE_VARIANTS.values()
+            for p in core_variants.values()
         }
         windows = len(
             per_row.tokenizer(
@@ -164,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"rows={args.rows} windows={windows} threads={torch.get_num_threads()} "
             f"batch_size={args.batch_size} chunk_rows={args.chunk_rows} vocab={len(vocab)} "
-            f"torch={torch.__version__}",
+            f"torch={torch.__version__} device={args.device}",
             flush=True,
         )
 
@@ -172,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return [per_row(question=q, context=c) for q, c in zip(qs, cs, strict=True)]
 
         variants: dict[str, Callable[[list[str], list[str]], list]] = {"A": run_pipeline}
-        variants.update({key: core[p].answer for key, p in CORE_VARIANTS.items()})
+        variants.update({key: core[p].answer for key, p in core_variants.items()})
         warm = slice(0, min(args.warmup_rows, args.rows))
         for key, run in variants.items():
             start = time.perf_counter()
@@ -205,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
 
     med = {k: statistics.median(v) for k, v in rates.items()}
-    failures = sum(isinstance(r, RowFailure) for k in CORE_VARIANTS for r in last[k])
+    failures = sum(isinstance(r, RowFailure) for k in core_variants for r in last[k])
     same_as_pipeline = sum(
         not isinstance(b, RowFailure) and (b.answer, b.start, b.end) == (a["answer"], a["start"], a["end"])
         for a, b in zip(last["A"], last["B"], strict=True)
@@ -223,18 +231,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         "median q/s: A per-row pipeline fp32 "
         + f"{med['A']:.2f}, "
-        + ", ".join(f"{k} core {p} {med[k]:.2f}" for k, p in CORE_VARIANTS.items())
+        + ", ".join(f"{k} core {p} {med[k]:.2f}" for k, p in core_variants.items())
         + f" (rounds={args.rounds})"
     )
     print(f"core rows failed: {failures}")
     print(f"fp32_core_same_answer_as_pipeline: {same_as_pipeline / args.rows:.4f}")
-    for key, precision in CORE_VARIANTS.items():
+    for key, precision in core_variants.items():
         if precision != "fp32":
             print(
                 f"{precision}_same_answer_as_fp32: {same_as_fp32(key):.4f} "
                 f"(sampled in the run: {sampled[precision]})"
             )
-    for key, precision in CORE_VARIANTS.items():
+    for key, precision in core_variants.items():
         if precision not in ("fp32", "fast"):
             print(f"speedup_{precision}_vs_per_row_pipeline: {med[key] / med['A']:.2f}")
     print(f"speedup_fp32_vs_per_row_pipeline: {med['B'] / med['A']:.2f}")
