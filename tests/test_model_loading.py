@@ -41,7 +41,7 @@ def test_load_hub_id_from_offline_cache_names_the_revision(offline_cache):
     assert bf16.name == f"acme/tiny-qa@{REVISION}+bf16"
     # bf16 runs a bfloat16 copy; the fp32 model stays to answer the rows sampled for agreement
     assert next(bf16._engine.module.parameters()).dtype == torch.bfloat16
-    assert next(bf16._loaded.model.parameters()).dtype == torch.float32
+    assert next(bf16._reference.module.parameters()).dtype == torch.float32
 
 
 def test_unknown_hub_id_offline(offline_cache):

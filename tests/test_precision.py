@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import warnings
 
 import pytest
 import torch
@@ -30,6 +31,10 @@ from qa_answer.qa_core import (
     load_qa_model,
 )
 from test_qa_oracle import LONG, MIXED, SMALL_WINDOWS, make_corpus
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.script_method, used by this module
+    from torch.utils.mkldnn import MkldnnLinear
 
 MANY = make_corpus(7, 3 * AGREEMENT_EVERY_ROWS + 5, (5, 80))  # 197 rows: rows 0, 64, 128, 192 are sampled
 AGREEMENT_LINE = re.compile(r" agreement_with_fp32=(\d\.\d{4}) \((\d+) rows\)$")
@@ -76,7 +81,27 @@ def test_int8_quantizes_the_linear_layers_and_keeps_fp32_for_the_sample(tiny_qa_
     ]
     assert len(quantized) == 2 * 6 + 1  # per layer q, k, v, attention out, intermediate, output; qa_outputs
     assert not any(isinstance(m, torch.nn.Linear) for m in model._engine.module.modules())
-    assert any(isinstance(m, torch.nn.Linear) for m in model._loaded.model.modules())
+    assert sum(isinstance(m, MkldnnLinear) for m in model._reference.module.modules()) == 2 * 6 + 1
+
+
+def test_cpu_fp32_runs_onednn_linear_layers_with_the_same_logits(tiny_qa_model_dir):
+    loaded = load_model(QAConfig(model=str(tiny_qa_model_dir)))
+    engine = build_engine(loaded.model, "fp32", torch.device("cpu"))
+    assert sum(isinstance(m, MkldnnLinear) for m in engine.module.modules()) == 2 * 6 + 1
+    assert any(isinstance(m, torch.nn.Linear) for m in loaded.model.modules())  # a copy was converted
+    inputs = {
+        "input_ids": torch.randint(5, 300, (3, 40)),
+        "attention_mask": torch.ones(3, 40, dtype=torch.long),
+        "token_type_ids": torch.zeros(3, 40, dtype=torch.long),
+    }
+    inputs["attention_mask"][1, 25:] = 0
+    with torch.inference_mode():
+        start, end = engine.forward(inputs)
+        expected = loaded.model(**inputs)
+    assert torch.allclose(start, expected.start_logits, atol=1e-5)
+    assert torch.allclose(end, expected.end_logits, atol=1e-5)
+    with pytest.raises(ValueError, match="engines must be built from the model as loaded"):
+        build_engine(engine.module, "int8", torch.device("cpu"))
 
 
 def test_agreement_sample_is_bounded_per_run(tiny_qa_model_dir):

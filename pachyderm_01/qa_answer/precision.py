@@ -1,11 +1,12 @@
 """Precision variants ("engines") of one loaded model, and the start-up probe that keeps the fastest.
 
-The fp32 model runs as loaded (answers equal the transformers pipeline's) and is always kept: it also answers
-the sample of rows that measures agreement with fp32. On a CPU, bf16 runs a bfloat16 copy of the weights
-(no per-op casts, faster than autocast there) and int8 a copy whose ``nn.Linear`` layers are torch
-dynamic-quantized (int8 weights, activations quantized per batch). On CUDA, fp16 and bf16 run the fp32
-weights under ``torch.autocast``, which keeps softmax and layer norms in fp32. Which one is fastest depends on
-the machine's matrix instructions (AMX, AVX512-BF16, VNNI, tensor cores), so ``fast`` times them on real data.
+fp32 runs the model's float32 weights (on a CPU, a copy whose linear layers use oneDNN; answers equal the
+transformers pipeline's) and is always kept: it also answers the sample of rows that measures agreement
+with fp32. On a CPU, bf16 runs a bfloat16 copy of the weights (no per-op casts, faster than autocast there)
+and int8 a copy whose ``nn.Linear`` layers are torch dynamic-quantized (int8 weights, activations quantized
+per batch). On CUDA, fp16 and bf16 run the fp32 weights under ``torch.autocast``, which keeps softmax and
+layer norms in fp32. Which one is fastest depends on the machine's matrix instructions (AMX, AVX512-BF16,
+VNNI, tensor cores), so ``fast`` times them on real data.
 """
 
 from __future__ import annotations
@@ -70,6 +71,9 @@ def build_engine(model: Any, precision: str, device: torch.device) -> Engine:
     """An engine for ``precision`` over the fp32 ``model`` (left unchanged; CPU bf16 / int8 run a copy)."""
     check_precision_device(precision, device)
     if precision == "fp32":
+        if device.type == "cpu":
+            fp32 = onednn_fp32(model)
+            return Engine("fp32", _plain(fp32), fp32)
         return Engine("fp32", _plain(model), model)
     if device.type == "cuda":
         dtype = torch.float16 if precision == "fp16" else torch.bfloat16
@@ -83,8 +87,25 @@ def build_engine(model: Any, precision: str, device: torch.device) -> Engine:
     raise ValueError(f"no engine for precision {precision!r} on {device}")
 
 
+def onednn_fp32(model: Any) -> Any:
+    """A copy of ``model`` whose ``nn.Linear`` layers run float32 oneDNN kernels instead of the BLAS's.
+
+    Same float32 arithmetic (logits within ~1e-5, answers equal the pipeline's), but torch's CPU BLAS (MKL)
+    takes a slow path on AMD CPUs: on 2 Zen 4 cores oneDNN ran distilbert-base's linear layers about twice as
+    fast (docs/answering-core.md).
+    """
+    _require_linear_layers(model)
+    with warnings.catch_warnings():
+        # its modules are TorchScript classes, and torch.jit.script_method announces its deprecation
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torch.utils.mkldnn import to_mkldnn
+
+        return to_mkldnn(copy.deepcopy(model)).eval()
+
+
 def quantize_int8(model: Any) -> Any:
     """A copy of ``model`` with int8 ``nn.Linear`` layers (torch dynamic quantization, CPU kernels)."""
+    _require_linear_layers(model)
     with warnings.catch_warnings():
         # torch.ao.quantization announces its move to torchao; the eager dynamic path still ships in torch.
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -92,6 +113,12 @@ def quantize_int8(model: Any) -> Any:
         from torch.ao.quantization import quantize_dynamic
 
         return quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear}, dtype=torch.qint8).eval()
+
+
+def _require_linear_layers(model: Any) -> None:
+    """Engines are built from the model as loaded; one built from another engine's copy would be wrong."""
+    if not any(isinstance(m, torch.nn.Linear) for m in model.modules()):
+        raise ValueError("the model has no nn.Linear layer: engines must be built from the model as loaded")
 
 
 def _plain(module: Any) -> Callable[[Mapping[str, torch.Tensor]], Logits]:

@@ -118,8 +118,10 @@ class QAModel:
         overlap: bool | None = None,
         rows_per_stage: int | None = None,
     ) -> None:
-        self._loaded = loaded
         self._config = config
+        self._model_config = loaded.model.config
+        self._tokenizer = loaded.tokenizer
+        self._base_name = loaded.name
         self._windowing = Windowing(max_seq_len=config.max_seq_len, doc_stride=config.doc_stride)
         self._input_names = tuple(loaded.tokenizer.model_input_names)
         self._pad_id = loaded.tokenizer.pad_token_id or 0
@@ -129,6 +131,7 @@ class QAModel:
         self._rows_per_group = rows_per_stage or (CUDA_ROWS_PER_STAGE if on_cuda else ROWS_PER_GROUP)
         self._pin = on_cuda
         self._batch_windows, self._max_tokens = self._batch_limits()
+        # Engines hold their own copies (CPU) or wrap the model (CUDA); only they reference it from here on.
         self._reference = build_engine(loaded.model, "fp32", self.device)
         self._candidates = [
             self._reference if p == "fp32" else build_engine(loaded.model, p, self.device)
@@ -150,7 +153,7 @@ class QAModel:
     def name(self) -> str:
         """``<hub id or folder name>[@<revision>][+<precision that runs>]`` for the ``model`` column."""
         precision = self.precision
-        return self._loaded.name if precision == "fp32" else f"{self._loaded.name}+{precision}"
+        return self._base_name if precision == "fp32" else f"{self._base_name}+{precision}"
 
     def take_agreement(self) -> Agreement | None:
         """Agreement with fp32 of the rows sampled since the last call (``None`` when running fp32)."""
@@ -182,7 +185,7 @@ class QAModel:
         if self._config.batch_size:
             return self._config.batch_size, None
         free, _total = torch.cuda.mem_get_info(self.device)
-        model_config = self._loaded.model.config
+        model_config = self._model_config
         hidden = getattr(model_config, "hidden_size", None) or getattr(model_config, "dim", 768)
         heads = getattr(model_config, "num_attention_heads", None) or getattr(model_config, "n_heads", 12)
         windows = cuda_batch_windows(free, self._config.max_seq_len, hidden, heads)
@@ -191,7 +194,7 @@ class QAModel:
 
     # Stage 1: tokenize, sample, pad into (pinned) host tensors.
     def _prepare(self, questions: Sequence[str], contexts: Sequence[str]) -> _Group:
-        features, failures = build_features(self._loaded.tokenizer, questions, contexts, self._windowing)
+        features, failures = build_features(self._tokenizer, questions, contexts, self._windowing)
         sampled = self._sample(len(contexts), failures)
         group = _Group(contexts, features, failures, self._batches(features, range(len(features))), sampled)
         if sampled:
