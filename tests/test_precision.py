@@ -177,8 +177,9 @@ def test_pick_fastest_times_close_candidates_again_until_the_budget():
     timed = ChargedEngines(
         {"fp32": [9.0, 3.0], "bf16": [9.0, 1.4, 1.0, 1.1], "int8": [9.0, 1.2, 1.3, 1.25, 1.0]}
     )
-    # round 1 (5.6 s): fp32 is out; round 2 (7.9 s): both close, budget left; round 3 ends past the 8 s budget
-    result = timed.pick(budget_s=8.0, max_passes=4)
+    # round 1: fp32 (3.0 s > 1.5 x 1.2 s) is out; then the 4 s budget: round 2 (2.3 s) leaves time,
+    # round 3 ends past it (4.65 s)
+    result = timed.pick(budget_s=4.0, max_passes=4)
     assert (result.chosen.precision, result.passes) == ("bf16", 3)
     assert result.seconds == pytest.approx({"fp32": 3.0, "bf16": 1.0, "int8": 1.2})
     assert timed.calls == {"fp32": 2, "bf16": 4, "int8": 4}

@@ -29,8 +29,9 @@ CUDA_CANDIDATES = ("fp16", "bf16")
 PROBE_SECONDS = 3.0
 #: Timed passes per candidate at most; the best (least disturbed) one counts.
 PROBE_MAX_PASSES = 4
-#: A candidate this much slower than the best after a round is out: more passes would not change the choice.
-PROBE_DROP_RATIO = 1.3
+#: A candidate this much slower than the best after a round is out: more passes would not change the choice
+#: (wide enough that one pass disturbed by another process does not decide between close candidates).
+PROBE_DROP_RATIO = 1.5
 
 Logits = tuple[torch.Tensor, torch.Tensor]
 
@@ -166,8 +167,8 @@ def pick_fastest(
 
     Each engine runs once untimed (kernel selection, caches), then once timed. Then only the candidates within
     ``PROBE_DROP_RATIO`` of the best get more timed passes, round-robin so that load from other processes hits
-    them alike, until ``budget_s`` is spent or ``max_passes`` reached. A pass ends when its logits are on the
-    host, so GPU passes are timed whole.
+    them alike, for ``budget_s`` more seconds at most and ``max_passes`` in all. A pass ends when its logits
+    are on the host, so GPU passes are timed whole.
     """
     if not engines:
         raise ValueError("no engine to choose from")
@@ -177,8 +178,8 @@ def pick_fastest(
     with torch.inference_mode():
         for engine in engines:
             _host(engine.forward(inputs))
-        started = clock()
-        while running and passes < max_passes and (passes == 0 or clock() - started < budget_s):
+        first_round_done = 0.0
+        while running and passes < max_passes and (passes == 0 or clock() - first_round_done < budget_s):
             passes += 1
             for engine in running:
                 start = clock()
@@ -188,6 +189,8 @@ def pick_fastest(
             running = [e for e in running if best[e.precision] <= PROBE_DROP_RATIO * fastest]
             if len(running) == 1:
                 break
+            if passes == 1:
+                first_round_done = clock()
     chosen = min(engines, key=lambda e: best[e.precision])
     rows, width = inputs["input_ids"].shape
     return ProbeResult(chosen=chosen, seconds=best, passes=passes, shape=(int(rows), int(width)))
