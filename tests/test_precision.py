@@ -24,6 +24,7 @@ from qa_answer.qa_config import QAConfig
 from qa_answer.qa_core import (
     AGREEMENT_EVERY_ROWS,
     AGREEMENT_MAX_ROWS,
+    Agreement,
     QAModel,
     RowFailure,
     Span,
@@ -136,6 +137,15 @@ def test_fast_times_every_candidate_logs_it_and_keeps_the_fastest(tiny_qa_model_
     for name in CPU_CANDIDATES:
         assert re.search(rf"\b{name} \d+\.\d{{3}}s", line)
     assert model.take_agreement().rows == 1  # row 0 of the 20
+
+
+def test_fast_that_keeps_fp32_reuses_its_answers_for_the_sample(tiny_qa_model_dir, fp32_many):
+    model = load_qa_model(QAConfig(model=str(tiny_qa_model_dir), precision="fast"))
+    model._engine = model._reference  # what the probe leaves when fp32 is the fastest
+    results = model.answer(*MANY)
+    assert [(r.start, r.end) for r in results] == [(r.start, r.end) for r in fp32_many]
+    assert model.name == tiny_qa_model_dir.name
+    assert model.take_agreement() == Agreement(same=4, rows=4)
 
 
 class ChargedEngines:

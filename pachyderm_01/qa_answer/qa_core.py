@@ -242,6 +242,11 @@ class QAModel:
                 for j, i in enumerate(indices):
                     n = len(features[i])
                     group.logits[i] = (starts[j, :n], ends[j, :n])
+            if engine is self._reference:  # ``fast`` chose fp32: the sample's answers are fp32 already
+                group.reference_logits = {
+                    i: group.logits[i] for indices, _ in group.reference_batches for i in indices
+                }
+                return group
             for indices, starts, ends in self._run(self._reference, group.reference_batches):
                 for j, i in enumerate(indices):
                     n = len(features[i])
