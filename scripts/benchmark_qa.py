@@ -1,15 +1,24 @@
 #!/usr/bin/env python
-"""Questions/second of the seed projects' per-row QA pipeline vs qa-answer's batched core (fp32 and bf16).
+"""Questions/second of the seed projects' per-row QA pipeline vs qa-answer's batched core in each precision.
 
 One run, same rows, same model (distilbert-base architecture with random weights: same FLOPs as the real
 model, no download) and a tokenizer built from a generated ~30k-token WordPiece vocabulary. Variants run
-interleaved chunk by chunk (A B C A B C ...) so machine noise hits all of them alike; medians over rounds.
+interleaved chunk by chunk (A B C D E A B C D E ...) so machine noise hits all of them alike; medians over
+rounds.
 
     A  transformers 5.2 pipeline("question-answering") called once per row, fp32 (the seed projects' way)
     B  qa_answer.qa_core, fp32
     C  qa_answer.qa_core, bf16
+    D  qa_answer.qa_core, int8 (torch dynamic quantization)
+    E  qa_answer.qa_core, fast (times the CPU candidates on its first batch and keeps the fastest)
 
-The last two lines are ``speedup_fp32_vs_per_row_pipeline: X`` and ``speedup_bf16_vs_per_row_pipeline: Y``.
+With ``--device cuda`` (scripts/device_check.sh) the pipeline and the core run on the GPU and D is fp16
+(int8 is a CPU engine); E then chooses between fp16 and bf16 autocast.
+
+Every variant first answers a few rows untimed (kernel set-up; E's start-up probe happens there and is
+printed). C, D and E include the cost of answering their sample of rows in fp32 too, as ``qa-answer`` does.
+The last four lines are ``speedup_fp32_vs_per_row_pipeline``, ``speedup_fast_vs_per_row_pipeline``,
+``fast_precision`` and ``fast_agreement_with_fp32`` (share of all rows where E's span equals B's).
 """
 
 from __future__ import annotations
@@ -25,17 +34,28 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+#: Variant letter -> precision of the batched core (A is the per-row pipeline), per device type.
+CORE_VARIANTS = {
+    "cpu": {"B": "fp32", "C": "bf16", "D": "int8", "E": "fast"},
+    "cuda": {"B": "fp32", "C": "bf16", "D": "fp16", "E": "fast"},
+}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=512, help="rows per round (default 512)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved A/B/C rounds (default 3)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument(
-        "--batch-size", type=int, default=32, help="core: windows per forward pass (default 32)"
+        "--batch-size", type=int, default=None, help="core: windows per forward pass (default: the core's)"
     )
     parser.add_argument(
-        "--chunk-rows", type=int, default=128, help="rows per answer() call and per A/B/C turn (default 128)"
+        "--chunk-rows",
+        type=int,
+        default=128,
+        help="rows per answer() call and per variant's turn (default 128)",
+    )
+    parser.add_argument(
+        "--warmup-rows", type=int, default=16, help="rows each variant answers untimed first (default 16)"
     )
     parser.add_argument(
         "--threads", type=int, default=0, help="torch intra-op threads (default: torch's choice)"
@@ -45,6 +65,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--vocab-size", type=int, default=30000, help="generated WordPiece vocabulary size")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda / cuda:N")
     return parser.parse_args(argv)
 
 
@@ -124,18 +145,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     hf_logging.disable_progress_bar()
     if args.threads:
         torch.set_num_threads(args.threads)
+    core_variants = CORE_VARIANTS["cuda" if args.device.startswith("cuda") else "cpu"]
     rng = random.Random(args.seed)
     vocab, words = generated_vocab(args.vocab_size, rng)
     questions, contexts = generated_rows(args.rows, words, args.long_share, rng)
 
     with tempfile.TemporaryDirectory(prefix="qa-bench-") as tmp:
         folder = build_model(Path(tmp) / "distilbert-base-random", vocab, args.seed)
-        per_row = pipeline("question-answering", model=str(folder), tokenizer=str(folder), device="cpu")
+        per_row = pipeline("question-answering", model=str(folder), tokenizer=str(folder), device=args.device)
         core = {
             p: load_qa_model(
-                QAConfig(model=str(folder), batch_size=args.batch_size, device="cpu", precision=p)
+                QAConfig(model=str(folder), batch_size=args.batch_size, device=args.device, precision=p)
             )
-            for p in ("fp32", "bf16")
+            for p in core_variants.values()
         }
         windows = len(
             per_row.tokenizer(
@@ -150,21 +172,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"rows={args.rows} windows={windows} threads={torch.get_num_threads()} "
             f"batch_size={args.batch_size} chunk_rows={args.chunk_rows} vocab={len(vocab)} "
-            f"torch={torch.__version__}",
+            f"torch={torch.__version__} device={args.device}",
             flush=True,
         )
 
         def run_pipeline(qs: list[str], cs: list[str]) -> list:
             return [per_row(question=q, context=c) for q, c in zip(qs, cs, strict=True)]
 
-        def run_core(precision: str) -> Callable[[list[str], list[str]], list]:
-            return core[precision].answer
-
-        variants = {"A": run_pipeline, "B": run_core("fp32"), "C": run_core("bf16")}
+        variants: dict[str, Callable[[list[str], list[str]], list]] = {"A": run_pipeline}
+        variants.update({key: core[p].answer for key, p in core_variants.items()})
+        warm = slice(0, min(args.warmup_rows, args.rows))
+        for key, run in variants.items():
+            start = time.perf_counter()
+            run(questions[warm], contexts[warm])
+            print(f"warm-up {key}: {time.perf_counter() - start:.1f}s", flush=True)
+        fast = core["fast"]
+        if fast.probe is not None:
+            print(fast.probe.line(), flush=True)
         rates: dict[str, list[float]] = {k: [] for k in variants}
         last: dict[str, list] = {}
+        sampled: dict[str, str] = {}
         for round_no in range(1, args.rounds + 1):
-            # Interleave per chunk, not per round: load from other processes then hits A, B and C alike.
+            for model in core.values():
+                model.take_agreement()  # each round samples the same rows, so pays the same
+            # Interleave per chunk, not per round: load from other processes then hits every variant alike.
             seconds = dict.fromkeys(variants, 0.0)
             results: dict[str, list] = {k: [] for k in variants}
             for i in range(0, args.rows, args.chunk_rows):
@@ -176,31 +207,48 @@ def main(argv: Sequence[str] | None = None) -> int:
             for key in variants:
                 rates[key].append(args.rows / seconds[key])
             last = results
+            sampled = {p: a.line() for p, m in core.items() if (a := m.take_agreement()) is not None}
             print(
                 f"round {round_no}: " + ", ".join(f"{k} {rates[k][-1]:.2f} q/s" for k in variants), flush=True
             )
 
     med = {k: statistics.median(v) for k, v in rates.items()}
-    failures = sum(isinstance(r, RowFailure) for k in "BC" for r in last[k])
+    failures = sum(isinstance(r, RowFailure) for k in core_variants for r in last[k])
     same_as_pipeline = sum(
         not isinstance(b, RowFailure) and (b.answer, b.start, b.end) == (a["answer"], a["start"], a["end"])
         for a, b in zip(last["A"], last["B"], strict=True)
     )
-    bf16_same = sum(
-        not isinstance(b, RowFailure)
-        and not isinstance(c, RowFailure)
-        and (b.start, b.end) == (c.start, c.end)
-        for b, c in zip(last["B"], last["C"], strict=True)
-    )
+
+    def same_as_fp32(key: str) -> float:
+        same = sum(
+            not isinstance(b, RowFailure)
+            and not isinstance(c, RowFailure)
+            and (b.start, b.end) == (c.start, c.end)
+            for b, c in zip(last["B"], last[key], strict=True)
+        )
+        return same / args.rows
+
     print(
-        f"median q/s: A per-row pipeline fp32 {med['A']:.2f}, B core fp32 {med['B']:.2f}, "
-        f"C core bf16 {med['C']:.2f} (rounds={args.rounds})"
+        "median q/s: A per-row pipeline fp32 "
+        + f"{med['A']:.2f}, "
+        + ", ".join(f"{k} core {p} {med[k]:.2f}" for k, p in core_variants.items())
+        + f" (rounds={args.rounds})"
     )
     print(f"core rows failed: {failures}")
     print(f"fp32_core_same_answer_as_pipeline: {same_as_pipeline / args.rows:.4f}")
-    print(f"bf16_same_answer_as_fp32: {bf16_same / args.rows:.4f}")
+    for key, precision in core_variants.items():
+        if precision != "fp32":
+            print(
+                f"{precision}_same_answer_as_fp32: {same_as_fp32(key):.4f} "
+                f"(sampled in the run: {sampled[precision]})"
+            )
+    for key, precision in core_variants.items():
+        if precision not in ("fp32", "fast"):
+            print(f"speedup_{precision}_vs_per_row_pipeline: {med[key] / med['A']:.2f}")
     print(f"speedup_fp32_vs_per_row_pipeline: {med['B'] / med['A']:.2f}")
-    print(f"speedup_bf16_vs_per_row_pipeline: {med['C'] / med['A']:.2f}")
+    print(f"speedup_fast_vs_per_row_pipeline: {med['E'] / med['A']:.2f}")
+    print(f"fast_precision: {fast.precision}")
+    print(f"fast_agreement_with_fp32: {same_as_fp32('E'):.4f}")
     return 0
 
 

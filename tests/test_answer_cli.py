@@ -197,7 +197,11 @@ def test_fail_on_reject_flag_and_env_set_the_exit_code(in_dir, tmp_path, tiny_qa
             {"QA_BATCH_SIZE": "8"},
             "invalid settings: batch_size must be an integer >= 1, got 0",
         ),
-        (["--precision", "fp8"], {}, "invalid settings: precision must be one of fp32, bf16, got 'fp8'"),
+        (
+            ["--precision", "fp8"],
+            {},
+            "invalid settings: precision must be one of fp32, bf16, fp16, int8, fast, got 'fp8'",
+        ),
         (["--device", "tpu"], {}, "invalid settings: device must be auto, cpu, cuda or cuda:N, got 'tpu'"),
         (["--chunk-rows", "0"], {}, "invalid settings: chunk_rows must be an integer >= 1, got 0"),
         (

@@ -39,7 +39,9 @@ def test_load_hub_id_from_offline_cache_names_the_revision(offline_cache):
     assert model.name == f"acme/tiny-qa@{REVISION}"
     bf16 = load_qa_model(QAConfig(model="acme/tiny-qa", precision="bf16"))
     assert bf16.name == f"acme/tiny-qa@{REVISION}+bf16"
-    assert next(bf16._loaded.model.parameters()).dtype == torch.bfloat16
+    # bf16 runs a bfloat16 copy; the fp32 model stays to answer the rows sampled for agreement
+    assert next(bf16._engine.module.parameters()).dtype == torch.bfloat16
+    assert next(bf16._reference.module.parameters()).dtype == torch.float32
 
 
 def test_unknown_hub_id_offline(offline_cache):
@@ -117,7 +119,7 @@ def test_cuda_requested_without_cuda(monkeypatch, tiny_qa_model_dir):
         (dict(device="cuda:01"), "device must be auto, cpu, cuda or cuda:N, got 'cuda:01'"),
         (dict(device="cuda:" + "9" * 20), f"device must be auto, cpu, cuda or cuda:N, got 'cuda:{'9' * 20}'"),
         (dict(device="cuda:\u0661"), "device must be auto, cpu, cuda or cuda:N, got 'cuda:\u0661'"),
-        (dict(precision="fp16"), "precision must be one of fp32, bf16, got 'fp16'"),
+        (dict(precision="fp8"), "precision must be one of fp32, bf16, fp16, int8, fast, got 'fp8'"),
     ],
 )
 def test_invalid_settings_fail_before_the_tokenizer(settings, message):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from qa_answer.decode import (
     CANDIDATES_PER_WINDOW,
+    ContextWords,
     Window,
     align_to_words,
     best_span,
@@ -198,5 +199,32 @@ def test_word_to_chars_matches_tokenizers(tiny_qa_model_dir):
             if feature.sequence_ids[token] == 1:
                 ours = word_to_chars(int(word), feature.offsets, feature.word_ids, feature.sequence_ids)
                 assert ours == tuple(enc.word_to_chars(int(word), sequence_index=1))
+                assert ContextWords(window_of(feature)).chars(int(word)) == ours  # the per-window index too
                 checked += 1
     assert checked > 100
+
+
+def window_of(feature) -> Window:
+    logits = np.zeros(len(feature), dtype=np.float32)
+    return Window(logits, logits, feature.allowed, feature.offsets, feature.word_ids, feature.sequence_ids)
+
+
+def test_context_words_falls_back_when_word_ids_decrease():
+    """Out-of-order word ids: the index defers to word_to_chars' scan, which stops at the first larger id."""
+    window = make_window({}, {})
+    words = window.word_ids.copy()
+    context = np.flatnonzero(window.sequence_ids == 1)
+    words[context[2]], words[context[3]] = words[context[3]], words[context[2]]
+    shuffled = Window(window.start_logits, window.end_logits, window.allowed, window.offsets, words,
+                      window.sequence_ids)  # fmt: skip
+    index = ContextWords(shuffled)
+    for word in sorted({int(w) for w in words[context]}):
+        try:
+            expected = word_to_chars(word, shuffled.offsets, words, shuffled.sequence_ids)
+        except LookupError:
+            with pytest.raises(LookupError):
+                index.chars(word)
+            continue
+        assert index.chars(word) == expected
+    with pytest.raises(LookupError):
+        ContextWords(window).chars(42)

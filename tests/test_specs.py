@@ -74,13 +74,18 @@ def test_load_reads_the_whole_answer_set_with_every_db_secret_as_env():
     assert all(s["name"] == "pg-credentials" and s["env_var"] == s["key"] for s in secrets)
 
 
-def test_gpu_variant_differs_only_in_image_resources_precision_and_device():
+def test_gpu_variant_differs_only_in_image_resources_precision_device_and_chunk_rows():
     cpu, gpu = _raw("qa-answer.json"), _raw("gpu/qa-answer.json")
     assert gpu["input"] == cpu["input"]
     assert gpu["transform"]["cmd"] == cpu["transform"]["cmd"]
     assert gpu["transform"]["datum_batching"] is cpu["transform"]["datum_batching"] is True
     assert gpu["resource_limits"]["gpu"] == {"type": "nvidia.com/gpu", "number": 1}
-    assert gpu["transform"]["env"] == {**cpu["transform"]["env"], "QA_PRECISION": "bf16", "QA_DEVICE": "cuda"}
+    assert gpu["transform"]["env"] == {
+        **cpu["transform"]["env"],
+        "QA_PRECISION": "bf16",
+        "QA_DEVICE": "cuda",
+        "QA_CHUNK_ROWS": "2048",  # stages of 256 rows overlap within one model call
+    }
     ignored = {"transform", "resource_requests", "resource_limits", "parallelism_spec", "description"}
     assert {k: v for k, v in gpu.items() if k not in ignored} == {
         k: v for k, v in cpu.items() if k not in ignored

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from .precision import check_precision_device
 from .qa_config import QAConfig
 
 HOW_TO_FIX = (
@@ -33,7 +34,7 @@ class LoadedModel:
     model: Any  # transformers PreTrainedModel (typed loosely: transformers has no stable public type here)
     tokenizer: Any  # a fast (tokenizers-backed) tokenizer
     device: torch.device
-    name: str
+    name: str  # without the precision suffix
 
 
 def resolve_device(device: str) -> torch.device:
@@ -113,9 +114,12 @@ def load_model(config: QAConfig) -> LoadedModel:
         )
     _check_window_fits(config, model, tokenizer)
 
-    if config.precision == "bf16":
-        # bf16 weights beat autocast on CPU (no per-op casts); see docs/answering-core.md.
-        model = model.to(dtype=torch.bfloat16)
+    try:
+        check_precision_device(config.precision, device)
+    except ValueError as exc:
+        raise ModelLoadError(str(exc)) from None
+    # Loaded in fp32 whatever the precision: the reduced-precision engines are built from it (precision.py)
+    # and it answers the rows sampled to measure their agreement with fp32.
     model = model.to(device)
     model.eval()
     return LoadedModel(
@@ -127,11 +131,10 @@ def load_model(config: QAConfig) -> LoadedModel:
 
 
 def model_name(config: QAConfig, folder: Path | None, model: Any) -> str:
-    """``<hub id or folder name>[@<revision>][+<precision>]`` for the answers' ``model`` column."""
+    """``<hub id or folder name>[@<revision>]``; the core adds ``+<precision>`` when it is not fp32."""
     base = folder.resolve().name if folder is not None else config.model
     revision = getattr(model.config, "_commit_hash", None)
-    name = f"{base}@{revision}" if revision else base
-    return name if config.precision == "fp32" else f"{name}+{config.precision}"
+    return f"{base}@{revision}" if revision else base
 
 
 def _check_window_fits(config: QAConfig, model: Any, tokenizer: Any) -> None:

@@ -10,7 +10,9 @@ import re
 from dataclasses import dataclass
 
 DEFAULT_MODEL = "distilbert/distilbert-base-cased-distilled-squad"
-PRECISIONS = ("fp32", "bf16")
+#: fp32: equal to the transformers pipeline. bf16, int8: faster on CPUs that have the instructions for them
+#: (measure: scripts/matmul_ceiling.py); fp16: CUDA only. fast: the fastest of these, timed at start-up.
+PRECISIONS = ("fp32", "bf16", "fp16", "int8", "fast")
 #: Smallest window that leaves room for [CLS] q [SEP] c [SEP] plus a few tokens of question and context.
 MIN_SEQ_LEN = 16
 #: ASCII digits, no leading zero, at most 4 digits: what torch.device itself parses (it refuses 'cuda:01').
@@ -22,18 +24,19 @@ class QAConfig:
     """How to load the model and cut questions + contexts into model windows."""
 
     model: str = DEFAULT_MODEL  # hub id or local folder
-    batch_size: int = 32  # features (windows) per forward pass
+    batch_size: int | None = None  # windows per forward pass; None: sized for the device
     max_seq_len: int = 384  # tokens per window, question and special tokens included
     doc_stride: int = 128  # tokens of overlap between consecutive windows of a long context
     max_answer_len: int = 15  # tokens
     device: str = "auto"  # auto -> cuda when available, else cpu; or cpu, cuda, cuda:N
-    precision: str = "fp32"  # fp32 | bf16
+    precision: str = "fp32"  # one of PRECISIONS
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the setting, its value and the allowed range."""
         if not self.model or not self.model.strip():
             raise ValueError("model must name a Hugging Face hub id or a local folder (QA_MODEL / --model)")
-        _positive("batch_size", self.batch_size)
+        if self.batch_size is not None:
+            _positive("batch_size", self.batch_size)
         _positive("max_answer_len", self.max_answer_len)
         if not isinstance(self.max_seq_len, int) or self.max_seq_len < MIN_SEQ_LEN:
             raise ValueError(f"max_seq_len must be an integer >= {MIN_SEQ_LEN}, got {self.max_seq_len!r}")
