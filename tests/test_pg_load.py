@@ -378,6 +378,7 @@ def test_megabyte_contexts_stream_through(pg_database, tmp_path):
 
 
 def test_a_duplicate_row_number_is_named_on_a_first_load_a_later_one_and_a_replace(pg_database, tree):
+    """A first load builds the key after the COPY; a duplicate row_number is still named by its line."""
     duplicate = [answer("dup.csv", 1), answer("dup.csv", 1, id="again")]
     message = (
         "answers/{1}: record 2: column 'row_number': duplicate key value violates unique constraint "
@@ -394,6 +395,12 @@ def test_a_duplicate_row_number_is_named_on_a_first_load_a_later_one_and_a_repla
 
     remove_source(tree, "dup.csv")
     run(settings(pg_database, tree))
+    with db.cursor() as cur:
+        cur.execute(
+            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
+            "WHERE conrelid = 'qa_answers'::regclass AND contype = 'p'"
+        )
+        assert cur.fetchall() == [("qa_answers_pkey", "PRIMARY KEY (source_file, row_number)")]
     previous = table_state(db)
     write_source(tree, "dup.csv", duplicate)  # a later load COPYs into the existing table
     with pytest.raises(RowError) as err:

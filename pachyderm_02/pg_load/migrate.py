@@ -18,6 +18,10 @@ def migration_files() -> list[tuple[str, str]]:
     return [(name.removesuffix(".sql"), (folder / name).read_text(encoding="utf-8")) for name in files]
 
 
+#: the migration that creates the tables: when it ran in this transaction, no other session can see them yet
+CREATES_TABLES = "001_init"
+
+
 def migrate(cur) -> list[str]:
     """Apply pending migrations with cursor ``cur``; returns the versions applied now."""
     cur.execute(sql.CREATE_MIGRATIONS)

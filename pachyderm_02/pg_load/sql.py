@@ -81,6 +81,26 @@ def copy_csv(table: str, source_file: str, *, stage: bool = False) -> Composed:
     )
 
 
+#: set before a first load drops the answers' key, rolled back to if building the key finds a duplicate
+SAVEPOINT = "SAVEPOINT pg_load_first_load"
+ROLLBACK_TO_SAVEPOINT = "ROLLBACK TO SAVEPOINT pg_load_first_load"
+
+
+def drop_key(table: str) -> Composed:
+    """Drop ``table``'s primary key (the name PostgreSQL gave the migration's), before a first load."""
+    return SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(Identifier(table), Identifier(f"{table}_pkey"))
+
+
+def add_key(table: str) -> Composed:
+    """Build the primary key once, sorted, after a first load's COPY, as the migration defines it.
+
+    Serial: on the tables a load writes, starting a parallel worker costs more than it saves (measured).
+    """
+    return SQL(
+        "SET LOCAL max_parallel_maintenance_workers = 0; ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({})"
+    ).format(Identifier(table), Identifier(f"{table}_pkey"), _cols(KEY))
+
+
 def delete_sources(table: str) -> Composed:
     """Every row of the given sources (parameter: a source_file array)."""
     return SQL("DELETE FROM {} WHERE source_file = ANY(%s)").format(Identifier(table))

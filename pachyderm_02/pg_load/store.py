@@ -22,7 +22,7 @@ from psycopg2.extras import execute_values
 
 from . import sql
 from .diagnose import check_header, copy_error, describe_db_error
-from .migrate import migrate
+from .migrate import CREATES_TABLES, migrate
 from .plan import Plan, Source, diff, frame
 
 log = logging.getLogger("pg_load")
@@ -31,6 +31,8 @@ TABLES = (sql.ANSWERS, sql.REJECTED)
 #: bytes per read handed to COPY (and to sha256): memory stays at one chunk whatever the file size
 CHUNK = 1 << 20
 
+#: SQLSTATE of a duplicate key
+UNIQUE_VIOLATION = "23505"
 #: SQLSTATEs worth retrying besides class 08 (connection exception): shutdowns, crash recovery, serialization.
 TRANSIENT_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "40001", "40P01", "53300"})
 #: SQLSTATE classes that are the server's trouble, never a row's: insufficient resources (53100 disk full),
@@ -193,7 +195,7 @@ class PostgresAnswerStore:
             if plan.is_noop and not applied:
                 conn.rollback()  # nothing written: the transaction only read
                 return LoadResult(plan=plan, attempts=attempt)
-            written, counts = self._write(cur, plan, sources, digests)
+            written, counts = self._write(cur, plan, sources, digests, CREATES_TABLES in applied)
             self._step("staged", attempt, conn)
             written += self._apply(cur, plan, digests, counts, provenance)
             self._step("applied", attempt, conn)
@@ -205,6 +207,35 @@ class PostgresAnswerStore:
         return LoadResult(plan, answers + rejected, written, answers, rejected, attempt, applied)
 
     def _write(
+        self,
+        cur: Any,
+        plan: Plan,
+        sources: Mapping[str, Source],
+        digests: dict[str, str],
+        new_tables: bool,
+    ) -> tuple[int, dict[str, tuple[int, int]]]:
+        """Write the plan's sources; on a first load, build the answers' key once after the COPY.
+
+        When this transaction created the tables (``new_tables``: nobody else can see them yet), the key is
+        dropped and built afterwards, sorted: measured cheaper than inserting every row into it (see
+        docs/loading.md). A duplicate row_number then fails the build, which names no line, so the COPY is
+        redone with the key in place, where it fails at the duplicate's line.
+        """
+        if not (new_tables and plan.added):
+            return self._copy_sources(cur, plan, sources, digests)
+        cur.execute(sql.SAVEPOINT)
+        cur.execute(sql.drop_key(sql.ANSWERS))
+        result = self._copy_sources(cur, plan, sources, digests)
+        try:
+            cur.execute(sql.add_key(sql.ANSWERS))
+            return result
+        except psycopg2.Error as exc:
+            if exc.pgcode != UNIQUE_VIOLATION:
+                raise
+        cur.execute(sql.ROLLBACK_TO_SAVEPOINT)
+        return self._copy_sources(cur, plan, sources, digests)
+
+    def _copy_sources(
         self, cur: Any, plan: Plan, sources: Mapping[str, Source], digests: dict[str, str]
     ) -> tuple[int, dict[str, tuple[int, int]]]:
         """COPY added sources straight into the tables and replaced ones into temporary stages.
