@@ -7,21 +7,13 @@ import threading
 import time
 from pathlib import Path
 
-import pg_load.settings
 import psycopg2
 import pytest
 from pg_load.cli import main, run
+from pg_load.diagnose import RowError
 from pg_load.settings import LoadSettings
 from pg_load.store import LoadError
-from pg_load.validate import RowError
 from qa_answer.contract import ANSWER_COLUMNS, REJECTED_COLUMNS, AnswerRow, RejectedRow, dumps
-
-
-@pytest.fixture(autouse=True, params=[64, 0], ids=["read-ahead", "streamed"])
-def read_ahead_mb(request, monkeypatch) -> int:
-    """Every test here runs twice: sources read ahead and sent from memory, and every file streamed."""
-    monkeypatch.setattr(pg_load.settings, "DEFAULT_READ_AHEAD_MB", request.param)
-    return request.param
 
 
 def answer(source: str, n: int, context: str = "Ann lives in Paris.", **kw) -> AnswerRow:
@@ -172,7 +164,7 @@ def test_cli_prints_summary_and_rejects_nul_by_name_leaving_the_previous_state(
     error = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
     assert error["message"] == (
         "answers/a.csv: record 2: column 'question': "
-        "contains a NUL character (PostgreSQL text cannot store it)"
+        'invalid byte sequence for encoding "UTF8": 0x00 (SQLSTATE 22021)'
     )
     assert table_state(db) == previous
 
@@ -183,7 +175,8 @@ def test_cli_prints_summary_and_rejects_nul_by_name_leaving_the_previous_state(
     assert error == {
         "severity": "ERROR",
         "error": "RowError",
-        "message": "answers/a.csv: record 1: column 'answer_end': not an integer: 'eight'",
+        "message": "answers/a.csv: record 1: column 'answer_end': "
+        'invalid input syntax for type integer: "eight" (SQLSTATE 22P02)',
     }
     assert table_state(db) == previous
     db.close()
@@ -384,14 +377,17 @@ def test_megabyte_contexts_stream_through(pg_database, tmp_path):
     db.close()
 
 
-def test_first_load_builds_the_migrations_primary_key_and_names_a_duplicate_row(pg_database, tree):
-    """On a first load the key is built after the COPY; a duplicate row_number is still named, every time."""
+def test_a_duplicate_row_number_is_named_on_a_first_load_a_later_one_and_a_replace(pg_database, tree):
+    """A first load builds the key after the COPY; a duplicate row_number is still named by its line."""
     duplicate = [answer("dup.csv", 1), answer("dup.csv", 1, id="again")]
-    message = "answers/dup.csv: record 2: column 'row_number': duplicate row_number 1"
+    message = (
+        "answers/{1}: record 2: column 'row_number': duplicate key value violates unique constraint "
+        '"{0}_pkey": Key (source_file, row_number)=({1}, 1) already exists. (SQLSTATE 23505)'
+    )
     write_source(tree, "dup.csv", duplicate)
     with pytest.raises(RowError) as err:
         run(settings(pg_database, tree))
-    assert str(err.value) == message
+    assert str(err.value) == message.format("qa_answers", "dup.csv")
     db = pg_database.connect()
     with db.cursor() as cur:
         cur.execute("SELECT to_regclass('qa_answers')")
@@ -406,10 +402,17 @@ def test_first_load_builds_the_migrations_primary_key_and_names_a_duplicate_row(
         )
         assert cur.fetchall() == [("qa_answers_pkey", "PRIMARY KEY (source_file, row_number)")]
     previous = table_state(db)
-    write_source(tree, "dup.csv", duplicate)  # a later load COPYs into the keyed table
+    write_source(tree, "dup.csv", duplicate)  # a later load COPYs into the existing table
     with pytest.raises(RowError) as err:
         run(settings(pg_database, tree))
-    assert str(err.value) == message
+    assert str(err.value) == message.format("qa_answers", "dup.csv")
+    assert table_state(db) == previous
+
+    remove_source(tree, "dup.csv")
+    write_source(tree, "a.csv", [answer("a.csv", 1), answer("a.csv", 1, id="again")])  # a replaced source
+    with pytest.raises(RowError) as err:
+        run(settings(pg_database, tree))
+    assert str(err.value) == message.format("pg_load_stage_qa_answers", "a.csv")
     assert table_state(db) == previous
     db.close()
 
@@ -429,35 +432,112 @@ def test_a_replaced_file_with_another_sources_row_is_named(pg_database, tree):
     db.close()
 
 
-def test_read_ahead_and_streaming_digest_alike(pg_database, tree):
-    """Switching PG_LOAD_READ_AHEAD_MB between runs never makes unchanged files look changed."""
-    first = run(settings(pg_database, tree, read_ahead_mb=0))
-    assert first.result.plan.added == ("a.csv", "sub/b.csv")
-    again = run(settings(pg_database, tree, read_ahead_mb=64))
-    assert again.result.plan.unchanged == ("a.csv", "sub/b.csv") and again.result.rows_written == 0
-    write_source(tree, "a.csv", [answer("a.csv", 1, answer="Ann")])
-    third = run(settings(pg_database, tree, read_ahead_mb=64))
-    assert third.result.plan.replaced == ("a.csv",)
-    fourth = run(settings(pg_database, tree, read_ahead_mb=0))
-    assert fourth.result.plan.unchanged == ("a.csv", "sub/b.csv") and fourth.result.rows_written == 0
+def bad_file(tmp_path: Path, edit) -> Path:
+    """Two answers of x.csv, the first with a context over three lines, so record 2 starts on line 5."""
+    root = tmp_path / "qa-answer"
+    rows = [answer("x.csv", 1, context="line one\nline two\nline three: Paris"), answer("x.csv", 2)]
+    records = [r.to_record() for r in rows]
+    data = edit(records)
+    write_source(root, "x.csv", [])
+    (root / "answers/x.csv").write_bytes(data)
+    return root
+
+
+def with_value(column: str, value: str):
+    def edit(records: list[list]) -> bytes:
+        records[1][ANSWER_COLUMNS.index(column)] = value
+        return dumps(ANSWER_COLUMNS, records).encode()
+
+    return edit
+
+
+def with_bytes(old: bytes, new: bytes):
+    return lambda records: dumps(ANSWER_COLUMNS, records).encode().replace(old, new)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            with_value("score", "abc"),
+            "record 2: column 'score': invalid input syntax for type double precision: \"abc\" "
+            "(SQLSTATE 22P02)",
+        ),
+        (
+            with_value("row_number", "1.5"),
+            "record 2: column 'row_number': invalid input syntax for type integer: \"1.5\"",
+        ),
+        (
+            with_value("answer_end", "99999999999"),
+            "record 2: column 'answer_end': value \"99999999999\" is out of range for type integer",
+        ),
+        (
+            with_value("answer_start", ""),
+            'record 2: column \'answer_start\': null value in column "answer_start" of relation "qa_answers" '
+            "violates not-null constraint",
+        ),
+        (with_value("extra", "{bad"), "record 2: column 'extra': invalid input syntax for type json: Token"),
+        (
+            with_value("extra", "[1]"),
+            "record 2: column 'extra': new row for relation \"qa_answers\" violates check constraint",
+        ),
+        (with_value("extra", '{"x": NaN}'), "record 2: column 'extra': invalid input syntax for type json"),
+        (
+            with_value("extra", '{"x": "a\\u0000b"}'),
+            "record 2: column 'extra': unsupported Unicode escape sequence: "
+            "\\u0000 cannot be converted to text",
+        ),
+        (
+            with_value("extra", '{"x": "\\ud800"}'),
+            "record 2: column 'extra': invalid input syntax for type json: Unicode low surrogate",
+        ),
+        (
+            with_value("model", "t\x00ny"),
+            "record 2: column 'model': invalid byte sequence for encoding \"UTF8\": 0x00",
+        ),
+        (
+            with_bytes(b"x.csv,2,id2,Where?", b"x.csv,2,id2,Wh\xffere?"),
+            "record 2: column 'question': invalid byte sequence for encoding \"UTF8\": 0xff",
+        ),
+        (
+            with_value("source_file", "y.csv"),
+            "record 2: column 'source_file': is 'y.csv', expected 'x.csv'",
+        ),
+        (
+            lambda records: dumps(ANSWER_COLUMNS, records).encode() + b"x.csv,3,id3\n",
+            'record 3: missing data for column "question"',
+        ),
+        (
+            lambda records: dumps(ANSWER_COLUMNS, records).encode() + b'x.csv,3,"id3\n',
+            "record 3: unterminated CSV quoted field",
+        ),
+    ],
+)
+def test_a_refused_row_is_named_by_file_record_and_column(pg_database, tmp_path, edit, message):
+    """PostgreSQL's own diagnostics name the line and column; the line is mapped to its CSV record."""
+    root = bad_file(tmp_path, edit)
+    with pytest.raises(RowError) as err:
+        run(settings(pg_database, root))
+    assert str(err.value).startswith(f"answers/x.csv: {message}"), str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "rejected/a.csv: empty file: expected the header source_file,row_number,error,raw"),
+        (
+            b"row,error\n1,x\n",
+            "rejected/a.csv: unexpected header 'row,error', expected 'source_file,row_number,",
+        ),
+    ],
+)
+def test_a_file_with_a_bad_header_is_named_and_nothing_loads(pg_database, tree, data, message):
+    (tree / "rejected/a.csv").write_bytes(data)
+    with pytest.raises(RowError) as err:
+        run(settings(pg_database, tree))
+    assert str(err.value).startswith(message)
     db = pg_database.connect()
-    assert table_state(db) == expected_from_files(tree)
-    db.close()
-
-
-def test_a_read_ahead_budget_smaller_than_the_input_streams_the_rest(pg_database, tree):
-    from concurrent.futures import ThreadPoolExecutor
-
-    from pg_load.plan import scan
-    from pg_load.store import PostgresAnswerStore, Provenance, _read_ahead
-
-    sources = scan(tree)
-    first = sum(stamp[0] for stamp in sources["a.csv"].stamp if stamp)
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        assert list(_read_ahead(pool, sources, first)) == ["a.csv"]  # sorted order, stops at the budget
-        assert list(_read_ahead(pool, sources, first - 1)) == []
-    result = PostgresAnswerStore(pg_database.connect, read_ahead_bytes=first).sync(sources, Provenance())
-    assert result.plan.added == ("a.csv", "sub/b.csv") and result.answer_rows == 3
-    db = pg_database.connect()
-    assert table_state(db) == expected_from_files(tree)
+    with db.cursor() as cur:
+        cur.execute("SELECT to_regclass('qa_answers')")
+        assert cur.fetchone() == (None,)
     db.close()

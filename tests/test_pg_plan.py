@@ -1,8 +1,9 @@
-"""Pure parts of pg-load: planning, SQL building, the contract checker, settings and certificate handling."""
+"""Pure parts of pg-load: planning, SQL building, the header check, settings and certificate handling."""
 
 from __future__ import annotations
 
 import base64
+import io
 import os
 import stat
 import tempfile
@@ -11,10 +12,10 @@ from pathlib import Path
 import pytest
 from pg_load import sql
 from pg_load.certs import connect_params, pem_content, secret_values
+from pg_load.diagnose import RowError, check_header
 from pg_load.plan import InputError, Plan, diff, digest, scan
 from pg_load.settings import ConnectionSettings, LoadSettings, SettingsError, redact
-from pg_load.validate import RowError, check_answers, check_rejected
-from qa_answer.contract import ANSWER_COLUMNS, REJECTED_COLUMNS, AnswerRow, RejectedRow, dumps
+from qa_answer.contract import ANSWER_COLUMNS, AnswerRow, dumps
 
 PEM = "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"
 
@@ -135,39 +136,45 @@ def test_scan_refuses_a_file_name_that_is_not_utf8_naming_it_escaped(tmp_path):
     )
 
 
-# --- SQL -----------------------------------------------------------------------------------------------
+# --- SQL ---------------------------------------------------------------------------------------------------
 
 
-def test_sql_identifiers_are_checked():
-    assert sql.ident("qa_answers") == "qa_answers"
-    for bad in ('qa"; DROP TABLE x; --', "Upper", "1abc", ""):
-        with pytest.raises(ValueError):
-            sql.ident(bad)
+@pytest.fixture
+def render(pg_database):
+    """psycopg2.sql quotes through a connection: statements are rendered with a real one."""
+    conn = pg_database.connect()
+    yield lambda statement: statement.as_string(conn)
+    conn.close()
 
 
-def test_copy_keeps_empty_text_as_empty_and_empty_extra_as_null():
-    copy = sql.copy_csv("qa_answers", ANSWER_COLUMNS)
-    assert copy.startswith("COPY qa_answers (source_file, row_number, id, question, context, answer, score,")
+def test_copy_keeps_empty_text_as_empty_and_empty_extra_as_null(render):
+    copy = render(sql.copy_csv("qa_answers", "a.csv"))
+    assert copy.startswith(
+        'COPY "qa_answers" ("source_file", "row_number", "id", "question", "context", "answer", "score",'
+    )
     assert "FORMAT csv, HEADER true" in copy
-    assert "FORCE_NOT_NULL (source_file, id, question, context, answer, model)" in copy
+    assert 'FORCE_NOT_NULL ("source_file", "id", "question", "context", "answer", "model")' in copy
     assert "FORCE_NULL (extra)" in copy
-    assert "FORCE_NULL" not in sql.copy_csv("qa_rejected", REJECTED_COLUMNS)
+    assert "FORCE_NULL" not in render(sql.copy_csv("qa_rejected", "a.csv"))
+    assert render(sql.copy_csv("qa_rejected", "a.csv", stage=True)).startswith(
+        'COPY "pg_load_stage_qa_rejected"'
+    )
 
 
-def test_copy_refuses_rows_of_another_source_and_quotes_the_path_safely():
-    copy = sql.copy_csv("qa_answers", ANSWER_COLUMNS, "it's \\ x.csv")
-    assert " WHERE CASE WHEN source_file = E'it''s \\\\ x.csv' THEN true ELSE " in copy
+def test_copy_refuses_rows_of_another_source_and_quotes_the_path_safely(render):
+    copy = render(sql.copy_csv("qa_answers", "it's \\ x.csv"))
+    assert " WHERE CASE WHEN source_file = 'it''s \\ x.csv' THEN true ELSE " in copy
     assert copy.endswith(")::integer IS NULL END")  # the ELSE branch fails the COPY, never skips the row
-    with pytest.raises(ValueError):
-        sql.literal("a\x00b")
+    with pytest.raises(ValueError, match="NUL"):
+        render(sql.copy_csv("qa_answers", "a\x00b"))
 
 
-def test_upsert_rewrites_only_rows_that_differ():
-    upsert = sql.upsert_from_stage("qa_answers")
-    assert "ON CONFLICT (source_file, row_number) DO UPDATE" in upsert
+def test_upsert_rewrites_only_rows_that_differ(render):
+    upsert = render(sql.upsert_from_stage("qa_answers"))
+    assert 'ON CONFLICT ("source_file", "row_number") DO UPDATE' in upsert
     assert "IS DISTINCT FROM" in upsert and "loaded_at = now()" in upsert
-    assert "FROM pg_load_stage_qa_answers" in upsert
-    assert "t.source_file" not in upsert.split("WHERE", 1)[1]  # the key is not compared, it matched
+    assert 'FROM "pg_load_stage_qa_answers"' in upsert
+    assert '"t"."source_file"' not in upsert.split("WHERE", 1)[1]  # the key is not compared, it matched
 
 
 def test_lock_key_is_a_stable_bigint():
@@ -175,65 +182,45 @@ def test_lock_key_is_a_stable_bigint():
     assert -(2**63) <= sql.LOCK_KEY < 2**63
 
 
-# --- contract checker -------------------------------------------------------------------------------------
-
-
-def test_checker_counts_valid_rows():
-    assert check_answers("answers/a.csv", "a.csv", answers_csv("a.csv", 3)) == 3
-    rejected = dumps(REJECTED_COLUMNS, [RejectedRow("a.csv", 0, "not CSV", "\\x00garbage").to_record()])
-    assert check_rejected("rejected/a.csv", "a.csv", rejected.encode()) == 1
+# --- header check ------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    ("overrides", "message"),
+    ("data", "rest"),
     [
-        ({"score": "abc"}, "answers/a.csv: record 1: column 'score': not a number: 'abc'"),
-        ({"row_number": "1.5"}, "answers/a.csv: record 1: column 'row_number': not an integer: '1.5'"),
-        ({"answer_end": "99999999999"}, "answers/a.csv: record 1: column 'answer_end': integer out of range"),
-        ({"answer_start": ""}, "answers/a.csv: record 1: column 'answer_start': not an integer: ''"),
-        ({"extra": "{bad"}, "answers/a.csv: record 1: column 'extra': not valid JSON"),
-        ({"extra": "[1]"}, "answers/a.csv: record 1: column 'extra': not a JSON object: '[1]'"),
-        (
-            {"extra": '{"x": NaN}'},
-            "answers/a.csv: record 1: column 'extra': not valid JSON: NaN is not valid JSON",
-        ),
-        ({"extra": '{"x": "a\\u0000b"}'}, "answers/a.csv: record 1: column 'extra': contains \\u0000"),
-        ({"extra": '{"x": "\\ud800"}'}, "answers/a.csv: record 1: column 'extra': contains a lone UTF-16"),
-        ({"question": "a\x00b"}, "answers/a.csv: record 1: column 'question': contains a NUL character"),
-        (
-            {"source_file": "other.csv"},
-            "answers/a.csv: record 1: column 'source_file': is 'other.csv', expected",
-        ),
-        ({"row_number": "2"}, "answers/a.csv: record 2: column 'row_number': duplicate row_number 2"),
+        (answers_csv("a.csv", 1), b"a.csv,1,"),
+        (answers_csv("a.csv", 0), b""),
+        (answers_csv("a.csv", 1).replace(b"\n", b"\r\n"), b"a.csv,1,"),
+        (",".join(ANSWER_COLUMNS).encode(), b""),  # no line end at all
     ],
 )
-def test_checker_names_file_record_and_column(overrides, message):
-    with pytest.raises(RowError) as err:
-        check_answers("answers/a.csv", "a.csv", answers_csv("a.csv", 2, **overrides))
-    assert str(err.value).startswith(message)
+def test_header_check_reads_only_the_header_line(data, rest):
+    fh = io.BytesIO(data)
+    assert (
+        check_header("answers/a.csv", fh, ANSWER_COLUMNS).rstrip(b"\r\n") == ",".join(ANSWER_COLUMNS).encode()
+    )
+    assert fh.read(len(rest)) == rest
 
 
-def test_checker_rejects_bad_files_by_name():
-    cases = [
-        (b"", "answers/a.csv: empty file: expected the header source_file,row_number,"),
-        (b"question,context\nq,c\n", "answers/a.csv: unexpected header ['question', 'context']"),
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "answers/a.csv: empty file: expected the header source_file,row_number,id,"),
         (
-            answers_csv("a.csv", 1).replace(b"Ann was", b"Ann \xff was"),
-            "answers/a.csv: not valid UTF-8 at byte",
+            b"question,context\nq,c\n",
+            "answers/a.csv: unexpected header 'question,context', expected 'source_file,",
         ),
-        (answers_csv("a.csv", 1) + b"a.csv,2,x\n", "answers/a.csv: record 2: has 3 fields, expected 11"),
-        (answers_csv("a.csv", 1) + b'a.csv,2,"x"y\n', "answers/a.csv: record 2: not valid CSV"),
-    ]
-    for data, message in cases:
-        with pytest.raises(RowError) as err:
-            check_answers("answers/a.csv", "a.csv", data)
-        assert str(err.value).startswith(message), str(err.value)
-
-
-def test_checker_accepts_contexts_beyond_csv_default_field_limit():
-    big = "word " * 300_000  # 1.5 MB, over csv's 128 KiB default
-    data = dumps(ANSWER_COLUMNS, [AnswerRow("a.csv", 1, "", "q", big, "word", 1.0, 0, 4, "m").to_record()])
-    assert check_answers("answers/a.csv", "a.csv", data.encode()) == 1
+        (
+            answers_csv("a.csv", 1).replace(b",extra", b",extra,more"),
+            "answers/a.csv: unexpected header 'source_",
+        ),
+        (b"\xef\xbb\xbf" + answers_csv("a.csv", 1), "answers/a.csv: unexpected header '\\ufeffsource_file,"),
+    ],
+)
+def test_header_check_names_the_file_and_what_it_found(data, message):
+    with pytest.raises(RowError) as err:
+        check_header("answers/a.csv", io.BytesIO(data), ANSWER_COLUMNS)
+    assert str(err.value).startswith(message), str(err.value)
 
 
 # --- settings ------------------------------------------------------------------------------------------
@@ -314,17 +301,6 @@ def test_load_settings_flags_win_over_environment(tmp_path):
     assert (s.max_attempts, s.pach_job_id, s.input_commit) == (1, "j", "c")
     with pytest.raises(SettingsError, match="max attempts must be >= 1"):
         LoadSettings.from_args(tmp_path, env, max_attempts=0)
-
-
-def test_read_ahead_comes_from_flag_then_environment_then_default(tmp_path):
-    assert LoadSettings.from_args(tmp_path, {"PG_HOST": "h"}).read_ahead_mb == 64
-    env = {"PG_HOST": "h", "PG_LOAD_READ_AHEAD_MB": "8"}
-    assert LoadSettings.from_args(tmp_path, env).read_ahead_mb == 8
-    assert LoadSettings.from_args(tmp_path, env, read_ahead_mb=0).read_ahead_mb == 0
-    with pytest.raises(SettingsError, match="read-ahead must be >= 0 MiB, got -1"):
-        LoadSettings.from_args(tmp_path, env, read_ahead_mb=-1)
-    with pytest.raises(SettingsError, match="PG_LOAD_READ_AHEAD_MB must be an integer, got 'lots'"):
-        LoadSettings.from_args(tmp_path, {"PG_HOST": "h", "PG_LOAD_READ_AHEAD_MB": "lots"})
 
 
 def test_redact_removes_passwords_from_text():

@@ -281,7 +281,7 @@ def test_cli_summary_gives_the_agreement_and_answers_name_the_precision(
     assert match, summary
     assert 0.0 <= float(match.group(1)) <= 1.0
     assert int(match.group(2)) == 4  # rows 0, 64, 128, 192 over four chunks of 50 rows
-    from qa_answer.contract import read_answers
+    from contract_readers import read_answers
 
     with (tmp_path / "out" / "answers" / "q.csv").open(encoding="utf-8", newline="") as stream:
         models = {a.model for a in read_answers(stream)}

@@ -22,10 +22,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from .certs import check_certificates, connect_params, env_secret_values, secret_values
+from .diagnose import RowError
 from .plan import InputError, scan
 from .settings import ConnectionSettings, LoadSettings, SettingsError, redact
 from .store import LoadError, LoadResult, PostgresAnswerStore, Provenance, RetryPolicy, StepHook
-from .validate import RowError
 
 log = logging.getLogger("pg_load")
 
@@ -77,7 +77,6 @@ def run(settings: LoadSettings, *, on_step: StepHook | None = None, sleep=time.s
             max_seconds=settings.retry_seconds, max_attempts=settings.max_attempts, sleep=sleep
         ),
         on_step=on_step,
-        read_ahead_bytes=settings.read_ahead_mb << 20,
     )
     result = store.sync(sources, Provenance(settings.pach_job_id, settings.input_commit))
     return Summary(result, time.perf_counter() - start)
@@ -100,12 +99,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--max-attempts",
         type=int,
         help="also cap the tries at this number (env PG_LOAD_MAX_ATTEMPTS; no cap by default)",
-    )
-    parser.add_argument(
-        "--read-ahead-mb",
-        type=int,
-        help="MiB of input read and hashed while connecting; 0 streams every file "
-        "(env PG_LOAD_READ_AHEAD_MB, 64)",
     )
     parser.add_argument("--job-id", help="provenance job id (env PACH_JOB_ID)")
     parser.add_argument("--input-commit", help="provenance input commit (env <input>_COMMIT)")
@@ -133,7 +126,6 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
                 env,
                 max_attempts=args.max_attempts,
                 retry_seconds=args.retry_seconds,
-                read_ahead_mb=args.read_ahead_mb,
                 pach_job_id=args.job_id,
                 input_commit=args.input_commit,
             )

@@ -22,11 +22,6 @@ def migration_files() -> list[tuple[str, str]]:
 CREATES_TABLES = "001_init"
 
 
-def creates_tables(applied: tuple[str, ...] | list[str]) -> bool:
-    """True when ``applied`` (this transaction's migrations) created the tables."""
-    return CREATES_TABLES in applied
-
-
 def migrate(cur) -> list[str]:
     """Apply pending migrations with cursor ``cur``; returns the versions applied now."""
     cur.execute(sql.CREATE_MIGRATIONS)

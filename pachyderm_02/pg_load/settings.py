@@ -18,8 +18,6 @@ DEFAULT_RETRY_SECONDS = 120
 #: seconds libpq waits for one connection attempt unless DATABASE_URL sets connect_timeout; without it, a host
 #: that drops packets during a failover would hold one attempt for the system's TCP timeout (minutes)
 DEFAULT_CONNECT_TIMEOUT = 10
-#: MiB of input read and hashed ahead while connecting (pg_load.store.READ_AHEAD_BYTES explains why)
-DEFAULT_READ_AHEAD_MB = 64
 
 #: environment variable -> libpq keyword
 PG_ENV = {
@@ -115,7 +113,6 @@ class LoadSettings:
     max_attempts: int | None = None
     pach_job_id: str | None = None
     input_commit: str | None = None
-    read_ahead_mb: int = DEFAULT_READ_AHEAD_MB
 
     @classmethod
     def from_args(
@@ -127,7 +124,6 @@ class LoadSettings:
         retry_seconds: int | None = None,
         pach_job_id: str | None = None,
         input_commit: str | None = None,
-        read_ahead_mb: int | None = None,
     ) -> LoadSettings:
         in_path = Path(in_dir)
         attempts = max_attempts if max_attempts is not None else _int_env(env, "PG_LOAD_MAX_ATTEMPTS")
@@ -141,14 +137,6 @@ class LoadSettings:
             0,
             "retry seconds must be >= 0",
         )
-        ahead = _int_setting(
-            read_ahead_mb,
-            env,
-            "PG_LOAD_READ_AHEAD_MB",
-            DEFAULT_READ_AHEAD_MB,
-            0,
-            "read-ahead must be >= 0 MiB",
-        )
         return cls(
             in_dir=in_path,
             connection=ConnectionSettings.from_env(env),
@@ -156,7 +144,6 @@ class LoadSettings:
             max_attempts=attempts,
             pach_job_id=pach_job_id or env.get("PACH_JOB_ID") or None,
             input_commit=input_commit or pachyderm_input_commit(in_path, env),
-            read_ahead_mb=ahead,
         )
 
 

@@ -10,35 +10,29 @@ time. Anything else fails fast, naming the file, record and column, or the serve
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import random
-import re
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 import psycopg2
 from psycopg2.extras import execute_values
-from qa_answer.contract import ANSWERS_DIR
 
 from . import sql
-from .migrate import creates_tables, migrate
-from .plan import Plan, Source, diff, digest, frame
-from .validate import RowError, check_answers, check_rejected
+from .diagnose import check_header, copy_error, describe_db_error
+from .migrate import CREATES_TABLES, migrate
+from .plan import Plan, Source, diff, frame
 
 log = logging.getLogger("pg_load")
 
 TABLES = (sql.ANSWERS, sql.REJECTED)
-#: bytes per read handed to COPY (and to sha256)
+#: bytes per read handed to COPY (and to sha256): memory stays at one chunk whatever the file size
 CHUNK = 1 << 20
-#: input read and hashed ahead, in a worker, while the load connects, locks and migrates (see _read_ahead)
-READ_AHEAD_BYTES = 64 << 20
-#: below this many bytes of new answers, the primary key is built without parallel workers (see sql.add_key)
-PARALLEL_KEY_BYTES = 256 << 20
 
+#: SQLSTATE of a duplicate key
+UNIQUE_VIOLATION = "23505"
 #: SQLSTATEs worth retrying besides class 08 (connection exception): shutdowns, crash recovery, serialization.
 TRANSIENT_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "40001", "40P01", "53300"})
 #: SQLSTATE classes that are the server's trouble, never a row's: insufficient resources (53100 disk full),
@@ -129,12 +123,6 @@ def is_server_fault(exc: psycopg2.Error) -> bool:
     return is_transient(exc) or is_disk_full(exc) or (exc.pgcode or "")[:2] in SERVER_SQLSTATE_CLASSES
 
 
-def describe_db_error(exc: psycopg2.Error) -> str:
-    primary = exc.diag.message_primary if exc.diag and exc.diag.message_primary else str(exc)
-    primary = " ".join(primary.split())  # libpq's messages span lines (a hint after a tab): one line each
-    return f"{primary} (SQLSTATE {exc.pgcode})" if exc.pgcode else primary
-
-
 class PostgresAnswerStore:
     """Mirror sources into qa_answers / qa_rejected / qa_sources through ``connect()`` (a DB-API factory)."""
 
@@ -145,32 +133,20 @@ class PostgresAnswerStore:
         target: str = "the database",
         retry: RetryPolicy | None = None,
         on_step: StepHook | None = None,
-        read_ahead_bytes: int = READ_AHEAD_BYTES,
     ):
         self._connect = connect
         self._target = target
         self._retry = retry or RetryPolicy()
         self._on_step = on_step
-        self._read_ahead_bytes = read_ahead_bytes
 
     def sync(self, sources: Mapping[str, Source], provenance: Provenance) -> LoadResult:
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pg-load-read")
-        try:
-            ahead = _read_ahead(pool, sources, self._read_ahead_bytes)
-            return self._sync_retrying(sources, provenance, ahead)
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-
-    def _sync_retrying(
-        self, sources: Mapping[str, Source], provenance: Provenance, ahead: dict[str, Future[_Ahead]]
-    ) -> LoadResult:
         policy = self._retry
         start = policy.clock()
         attempt = 0
         while True:
             attempt += 1
             try:
-                return self._sync_once(sources, provenance, attempt, ahead)
+                return self._sync_once(sources, provenance, attempt)
             except psycopg2.Error as exc:
                 if is_disk_full(exc):
                     raise LoadError(
@@ -202,13 +178,7 @@ class PostgresAnswerStore:
         if self._on_step is not None:
             self._on_step(name, attempt, conn.get_backend_pid())
 
-    def _sync_once(
-        self,
-        sources: Mapping[str, Source],
-        provenance: Provenance,
-        attempt: int,
-        ahead: dict[str, Future[_Ahead]],
-    ) -> LoadResult:
+    def _sync_once(self, sources: Mapping[str, Source], provenance: Provenance, attempt: int) -> LoadResult:
         conn = self._connect()
         try:
             conn.autocommit = False
@@ -219,19 +189,13 @@ class PostgresAnswerStore:
             applied = tuple(migrate(cur))
             cur.execute(sql.SELECT_SOURCES)
             loaded = dict(cur.fetchall())
-            # Only sources qa_sources knows need a digest now; new ones are hashed ahead or as they stream.
-            digests = {
-                name: ahead[name].result().digest if name in ahead else s.read_digest()
-                for name, s in sources.items()
-                if name in loaded
-            }
+            # Only sources qa_sources knows need a digest now; new ones are hashed as they stream into COPY.
+            digests = {name: _digest(s) for name, s in sources.items() if name in loaded}
             plan = diff({name: digests.get(name) for name in sources}, loaded)
-            for name in plan.unchanged:
-                ahead.pop(name, None)  # frees the bytes read ahead
             if plan.is_noop and not applied:
                 conn.rollback()  # nothing written: the transaction only read
                 return LoadResult(plan=plan, attempts=attempt)
-            written, counts = self._write(cur, plan, sources, digests, ahead, creates_tables(applied))
+            written, counts = self._write(cur, plan, sources, digests, CREATES_TABLES in applied)
             self._step("staged", attempt, conn)
             written += self._apply(cur, plan, digests, counts, provenance)
             self._step("applied", attempt, conn)
@@ -248,22 +212,40 @@ class PostgresAnswerStore:
         plan: Plan,
         sources: Mapping[str, Source],
         digests: dict[str, str],
-        ahead: dict[str, Future[_Ahead]],
-        new_tables: bool = False,
+        new_tables: bool,
+    ) -> tuple[int, dict[str, tuple[int, int]]]:
+        """Write the plan's sources; on a first load, build the answers' key once after the COPY.
+
+        When this transaction created the tables (``new_tables``: nobody else can see them yet), the key is
+        dropped and built afterwards, sorted: measured cheaper than inserting every row into it (see
+        docs/loading.md). A duplicate row_number then fails the build, which names no line, so the COPY is
+        redone with the key in place, where it fails at the duplicate's line.
+        """
+        if not (new_tables and plan.added):
+            return self._copy_sources(cur, plan, sources, digests)
+        cur.execute(sql.SAVEPOINT)
+        cur.execute(sql.drop_key(sql.ANSWERS))
+        result = self._copy_sources(cur, plan, sources, digests)
+        try:
+            cur.execute(sql.add_key(sql.ANSWERS))
+            return result
+        except psycopg2.Error as exc:
+            if exc.pgcode != UNIQUE_VIOLATION:
+                raise
+        cur.execute(sql.ROLLBACK_TO_SAVEPOINT)
+        return self._copy_sources(cur, plan, sources, digests)
+
+    def _copy_sources(
+        self, cur: Any, plan: Plan, sources: Mapping[str, Source], digests: dict[str, str]
     ) -> tuple[int, dict[str, tuple[int, int]]]:
         """COPY added sources straight into the tables and replaced ones into temporary stages.
 
         New sources have no rows to keep, so a direct COPY (after clearing rows no qa_sources entry owns) is
         the cheapest correct write; replaced sources go through a stage so unchanged rows are left alone.
-        When this transaction created the tables (``new_tables``: nobody else can see them yet), the answers'
-        primary key is built once after the COPY instead of row by row during it. Fills ``digests`` for the
-        added sources. A source read ahead is sent from memory, and its bytes are freed once sent.
+        Fills ``digests`` for the added sources.
         """
         written = 0
-        bulk_key = new_tables and bool(plan.added)
-        if bulk_key:
-            cur.execute(sql.drop_key(sql.ANSWERS))
-        if plan.added and not new_tables:  # tables created just now hold no rows yet
+        if plan.added:
             for table in TABLES:
                 cur.execute(sql.delete_sources(table), (list(plan.added),))
                 written += cur.rowcount
@@ -274,91 +256,33 @@ class PostgresAnswerStore:
         total = len(plan.to_write)
         for i, name in enumerate(plan.to_write, 1):
             direct = name in plan.added
-            read = ahead.pop(name, None)
-            counts[name], sha = self._copy_source(cur, sources[name], direct, read.result() if read else None)
+            counts[name], sha = self._copy_source(cur, sources[name], direct)
             if digests.setdefault(name, sha) != sha:
                 raise LoadError(f"{name}: changed while loading; run pg-load again")
             if direct:
                 written += sum(counts[name])
             log.info("copied %d/%d %s (%d answers, %d rejected)", i, total, name, *counts[name])
-        if bulk_key:
-            self._add_key(cur, plan, sources)
         return written, counts
 
-    def _add_key(self, cur: Any, plan: Plan, sources: Mapping[str, Source]) -> None:
-        """Build the answers' primary key after a bulk load; a duplicate row_number is named by file, row."""
-        size = sum(sources[name].stamp[0][0] for name in plan.added if sources[name].stamp[0])
-        try:
-            cur.execute(sql.add_key(sql.ANSWERS, parallel=size >= PARALLEL_KEY_BYTES))
-        except psycopg2.Error as exc:
-            if is_server_fault(exc):
-                raise
-            for name in plan.added:
-                path = sources[name].answers
-                if path is not None:
-                    _diagnose(ANSWERS_DIR, f"{ANSWERS_DIR}/{name}", name, path.read_bytes())
-            raise LoadError(f"{self._target}: {describe_db_error(exc)}") from None
-
-    def _copy_source(
-        self, cur: Any, source: Source, direct: bool, read: _Ahead | None = None
-    ) -> tuple[tuple[int, int], str]:
-        """COPY one source's two files; returns (answer, rejected) rows and the source's digest.
-
-        A source read ahead is sent from memory, so its digest is that of the very bytes sent; any other
-        streams from disk in 1 MiB chunks (memory stays flat), each hashed on its way.
-        """
-        h = None if read else hashlib.sha256()
+    def _copy_source(self, cur: Any, source: Source, direct: bool) -> tuple[tuple[int, int], str]:
+        """COPY one source's two files, streamed in CHUNK reads and hashed on their way (the digest of the
+        very bytes sent); returns (answer, rejected) rows and the source's digest."""
+        h = hashlib.sha256()
         counts = []
-        for i, ((kind, path), table, stamp) in enumerate(
-            zip(source.files(), TABLES, source.stamp, strict=True)
-        ):
-            if h is not None:
-                h.update(frame(kind, stamp[0] if stamp else None))
+        for (kind, path), table, stamp in zip(source.files(), TABLES, source.stamp, strict=True):
+            h.update(frame(kind, stamp[0] if stamp else None))
             if path is None or stamp is None:
                 counts.append(0)
                 continue
-            data = read.data[i] if read else None
-            with io.BytesIO(data) if data is not None else path.open("rb") as fh:
-                # Bytes in memory go to COPY in one piece (BytesIO hands them over without a copy).
-                chunk = CHUNK if data is None else max(CHUNK, len(data))
-                rows, size = self._copy_file(cur, fh, h, chunk, kind, table, source, direct)
+            with path.open("rb") as fh:
+                rows, size = _copy_file(cur, fh, h, kind, table, source.source_file, stage=not direct)
             if size != stamp[0]:
                 raise LoadError(f"{source.source_file}: changed while loading; run pg-load again")
             counts.append(rows)
         if not source.unchanged_since_scan():
             # Pachyderm inputs are immutable; a local folder may not be. Never record a digest of other bytes.
             raise LoadError(f"{source.source_file}: changed while loading; run pg-load again")
-        return (counts[0], counts[1]), read.digest if read else h.hexdigest()
-
-    def _copy_file(
-        self, cur: Any, fh: Any, h: Any, chunk: int, kind: str, table: str, source: Source, direct: bool
-    ) -> tuple[int, int]:
-        """COPY one file from ``fh``, ``chunk`` bytes a read, updating ``h`` if given; returns (rows, bytes).
-
-        PostgreSQL's type input checks every row, and the COPY refuses a row whose source_file is not this
-        file's path.
-        """
-        shown = f"{kind}/{source.source_file}"
-        header = ",".join(sql.COLUMNS[table]).encode()
-        head = fh.read(len(header) + 2)
-        if not (head.startswith((header + b"\n", header + b"\r\n")) or head == header):
-            _diagnose(kind, shown, source.source_file, head + fh.read())  # names the bad header
-        if head.strip() == header and not fh.read(1):
-            if h is not None:
-                h.update(head)  # header only (most rejected/ files): no rows, no COPY round trip
-            return 0, len(head)
-        fh.seek(0)
-        copy = sql.copy_csv(table if direct else sql.stage_of(table), sql.COLUMNS[table], source.source_file)
-        reader = _HashingReader(fh, h, chunk)
-        try:
-            cur.copy_expert(copy, reader, size=chunk)
-        except psycopg2.Error as exc:
-            if is_server_fault(exc):
-                raise  # a full disk or a lost server is not this file's fault: reported by _sync_retrying
-            fh.seek(0)
-            _diagnose(kind, shown, source.source_file, fh.read())
-            raise _copy_error(shown, exc) from None
-        return cur.rowcount, reader.size
+        return (counts[0], counts[1]), h.hexdigest()
 
     def _apply(
         self,
@@ -389,68 +313,51 @@ class PostgresAnswerStore:
         return written
 
 
-class _HashingReader:
-    """The file object COPY reads from: each chunk is hashed as COPY takes it, so the file is read once.
+def _copy_file(
+    cur: Any, fh: IO[bytes], h: Any, kind: str, table: str, source_file: str, *, stage: bool
+) -> tuple[int, int]:
+    """COPY one file from ``fh`` into ``table`` (or its stage), updating ``h``; returns (rows, bytes).
 
-    Hashing here, in the sending thread, measured cheaper than a worker thread: on a 2-core machine the
-    thread's hand-offs cost more CPU than they hid (the server's parsing, not the client, sets the pace).
+    The header is checked here; PostgreSQL's type input checks every row, and the COPY refuses a row whose
+    source_file is not this file's path. A refused row is named by pg_load.diagnose.
     """
+    shown, columns = f"{kind}/{source_file}", sql.COLUMNS[table]
+    head = check_header(shown, fh, columns)
+    if not fh.read(1):
+        h.update(head)  # header only (most rejected/ files): no rows, no COPY round trip
+        return 0, len(head)
+    fh.seek(0)
+    reader = _HashingReader(fh, h)
+    try:
+        cur.copy_expert(sql.copy_csv(table, source_file, stage=stage), reader, size=CHUNK)
+    except psycopg2.Error as exc:
+        if is_server_fault(exc):
+            raise  # a full disk or a lost server is not this file's fault: reported by sync
+        raise copy_error(shown, exc, fh.name, columns) from None
+    return cur.rowcount, reader.size
 
-    def __init__(self, fh: Any, h: Any | None, chunk: int = CHUNK):
-        self._fh, self._h, self._chunk, self.size = fh, h, chunk, 0
+
+class _HashingReader:
+    """The file object COPY reads from: each chunk is hashed as COPY takes it, so the file is read once."""
+
+    def __init__(self, fh: IO[bytes], h: Any):
+        self._fh, self._h, self.size = fh, h, 0
 
     def read(self, size: int = -1) -> bytes:
-        """The next chunk of up to ``chunk`` bytes (psycopg2 asks for that size); b"" at the end."""
-        chunk = self._fh.read(self._chunk)
-        if self._h is not None:
-            self._h.update(chunk)
+        """The next chunk of up to CHUNK bytes (psycopg2 asks for that size); b"" at the end."""
+        chunk = self._fh.read(CHUNK)
+        self._h.update(chunk)
         self.size += len(chunk)
         return chunk
 
 
-@dataclass(frozen=True)
-class _Ahead:
-    """A source's two files (None where absent), read before its COPY, and the digest of those bytes."""
-
-    data: tuple[bytes | None, bytes | None]
-    digest: str
-
-
-def _read_source(source: Source) -> _Ahead:
-    data = source.read_files()
-    return _Ahead(data, digest(*data))
-
-
-def _read_ahead(
-    pool: ThreadPoolExecutor, sources: Mapping[str, Source], budget: int
-) -> dict[str, Future[_Ahead]]:
-    """Start reading and hashing the first sources (sorted, up to ``budget`` bytes) in ``pool``'s worker.
-
-    The worker runs while the load connects, takes the lock, migrates and plans: time in which the server, not
-    this client, is busy, so the hashing that would otherwise compete with the server's COPY parsing for the
-    CPU is mostly done before the first COPY starts. Sources beyond the budget stream and hash as before.
-    """
-    ahead: dict[str, Future[_Ahead]] = {}
-    for name in sorted(sources):
-        size = sum(stamp[0] for stamp in sources[name].stamp if stamp)
-        if size > budget:
-            break
-        budget -= size
-        ahead[name] = pool.submit(_read_source, sources[name])
-    return ahead
-
-
-def _diagnose(kind: str, path: str, source_file: str, data: bytes) -> None:
-    """Re-read a file PostgreSQL refused with the contract checker, which names record and column."""
-    (check_answers if kind == ANSWERS_DIR else check_rejected)(path, source_file, data)
-
-
-def _copy_error(path: str, exc: psycopg2.Error) -> RowError:
-    """Name the file, record and column of a row PostgreSQL refused during COPY."""
-    context = (exc.diag.context or "") if exc.diag else ""
-    match = re.search(r"line (\d+)(?:, column (\w+))?", context)
-    reason = describe_db_error(exc)
-    if match:
-        # COPY counts the header as line 1.
-        return RowError(path, reason, int(match.group(1)) - 1, match.group(2))
-    return RowError(path, reason)
+def _digest(source: Source) -> str:
+    """The source's sha256 as _copy_source computes it (pg_load.plan.digest's framing), streamed in chunks."""
+    h = hashlib.sha256()
+    for (kind, path), stamp in zip(source.files(), source.stamp, strict=True):
+        h.update(frame(kind, stamp[0] if stamp else None))
+        if path is not None:
+            with path.open("rb") as fh:
+                while chunk := fh.read(CHUNK):
+                    h.update(chunk)
+    return h.hexdigest()
