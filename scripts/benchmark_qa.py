@@ -137,7 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
     from qa_answer.qa_config import QAConfig
-    from qa_answer.qa_core import RowFailure, load_qa_model
+    from qa_answer.qa_core import load_qa_model
+    from qa_answer.results import RowFailure
     from transformers import pipeline
     from transformers.utils import logging as hf_logging
 

@@ -7,9 +7,11 @@ import shutil
 import huggingface_hub.constants as hub_constants
 import pytest
 import torch
-from qa_answer.model_loading import ModelLoadError, resolve_device
+from qa_answer.errors import ModelLoadError
+from qa_answer.model_loading import resolve_device
 from qa_answer.qa_config import QAConfig
-from qa_answer.qa_core import Span, load_qa_model
+from qa_answer.qa_core import load_qa_model
+from qa_answer.results import Span
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 

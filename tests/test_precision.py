@@ -11,7 +11,8 @@ import warnings
 import pytest
 import torch
 from qa_answer.cli import main
-from qa_answer.model_loading import ModelLoadError, load_model
+from qa_answer.errors import ModelLoadError
+from qa_answer.model_loading import load_model
 from qa_answer.precision import (
     CPU_CANDIDATES,
     Engine,
@@ -26,11 +27,10 @@ from qa_answer.qa_core import (
     AGREEMENT_MAX_ROWS,
     Agreement,
     QAModel,
-    RowFailure,
-    Span,
     cuda_batch_windows,
     load_qa_model,
 )
+from qa_answer.results import RowFailure, Span
 from test_qa_oracle import LONG, MIXED, SMALL_WINDOWS, make_corpus
 
 with warnings.catch_warnings():
@@ -281,7 +281,7 @@ def test_cli_summary_gives_the_agreement_and_answers_name_the_precision(
     assert match, summary
     assert 0.0 <= float(match.group(1)) <= 1.0
     assert int(match.group(2)) == 4  # rows 0, 64, 128, 192 over four chunks of 50 rows
-    from qa_answer.contract import read_answers
+    from contract_readers import read_answers
 
     with (tmp_path / "out" / "answers" / "q.csv").open(encoding="utf-8", newline="") as stream:
         models = {a.model for a in read_answers(stream)}

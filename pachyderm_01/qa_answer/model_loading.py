@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from .errors import ModelLoadError
 from .precision import check_precision_device
 from .qa_config import QAConfig
 
@@ -21,10 +22,6 @@ HOW_TO_FIX = (
     "--local-dir DIR`) and set QA_MODEL=DIR (or --model DIR) to that local folder; it must hold config.json, "
     "the weights and the tokenizer files."
 )
-
-
-class ModelLoadError(RuntimeError):
-    """The QA model or its tokenizer could not be loaded; the message is meant for the operator."""
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from .features import Feature, Windowing, build_features, length_sorted_batches,
 from .model_loading import LoadedModel, load_model
 from .precision import Engine, ProbeResult, build_engine, candidates, pick_fastest
 from .qa_config import QAConfig
+from .results import RowFailure, Span
 from .stages import prefetch
 
 log = logging.getLogger(__name__)
@@ -43,23 +44,6 @@ CUDA_MEMORY_SHARE = 0.25
 AGREEMENT_EVERY_ROWS = 64
 #: ...up to this many rows per run (``take_agreement`` starts a new run).
 AGREEMENT_MAX_ROWS = 64
-
-
-@dataclass(frozen=True)
-class Span:
-    """An answer: ``context[start:end] == answer``; ``score`` is the pipeline's probability."""
-
-    answer: str
-    score: float
-    start: int
-    end: int
-
-
-@dataclass(frozen=True)
-class RowFailure:
-    """A row the model could not answer, with a reason fit for the ``rejected`` file."""
-
-    reason: str
 
 
 @dataclass(frozen=True)

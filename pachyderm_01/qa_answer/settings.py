@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qa_answer.csv_input import DEFAULT_MAX_RECORD_BYTES
+from qa_answer.errors import SettingsError
 from qa_answer.qa_config import QAConfig
 
 #: (QAConfig field, flag, environment variable, type)
@@ -42,10 +43,6 @@ _BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
-
-
-class SettingsError(ValueError):
-    """A setting is missing or invalid; the message is meant for the user as is."""
 
 
 @dataclass(frozen=True)
