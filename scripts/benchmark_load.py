@@ -36,6 +36,7 @@ import psycopg2
 from pg_load.cli import run
 from pg_load.settings import LoadSettings
 from qa_answer.contract import ANSWER_COLUMNS, ANSWERS_DIR, REJECTED_COLUMNS, REJECTED_DIR, AnswerRow, dumps
+from qa_answer.qa_config import DEFAULT_MODEL
 
 WORDS = [f"w{i}" for i in range(3000)] + ["the", "of", "and", "a", "to", "in", "is", "was", "for", "on"]
 
@@ -63,7 +64,7 @@ def make_rows(n: int, files: int, seed: int = 0) -> dict[str, list[AnswerRow]]:
                 score=rng.random(),
                 answer_start=offset,
                 answer_end=offset + len(answer),
-                model="distilbert/distilbert-base-cased-distilled-squad@564e9b5",
+                model=f"{DEFAULT_MODEL}@564e9b5",
                 extra={"topic": rng.choice(["a", "b", "c"]), "n": i},
             )
         )

@@ -22,8 +22,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from qa_answer.qa_config import DEFAULT_MODEL
+
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL = "distilbert/distilbert-base-cased-distilled-squad"
 BUCKET = "demo-questions"
 PREFIX = "questions"
 DBNAME = "qa_demo"
