@@ -125,14 +125,11 @@ def test_cuda_requested_without_cuda(monkeypatch, tiny_qa_model_dir):
     ],
 )
 def test_invalid_settings_fail_before_the_tokenizer(settings, message):
-    config = QAConfig(**settings)
-    with pytest.raises(ValueError) as err:
-        config.validate()
+    with pytest.raises(ValueError) as err:  # no config to load exists: refused before touching any file
+        QAConfig(**settings)
     assert str(err.value) == message
-    with pytest.raises(ValueError):  # and loading refuses too, before touching any file
-        load_qa_model(config)
 
 
 def test_default_settings_are_valid():
-    QAConfig().validate()
-    QAConfig(max_seq_len=16, doc_stride=7).validate()
+    assert QAConfig().max_seq_len == 384
+    assert QAConfig(max_seq_len=16, doc_stride=7).doc_stride == 7

@@ -17,14 +17,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from qa_answer.csv_input import DEFAULT_MAX_RECORD_BYTES
+from qa_answer.csv_input import DEFAULT_CHUNK_ROWS, DEFAULT_MAX_RECORD_BYTES
 from qa_answer.errors import USER_ERRORS
 from qa_answer.faults import FAULT_ENV, Faults
 from qa_answer.qa_config import DEFAULT_MODEL
 from qa_answer.settings import (
     CHUNK_ROWS_ENV,
     DATUM_BATCHING_ENV,
-    DEFAULT_CHUNK_ROWS,
     FAIL_ON_REJECT_ENV,
     MAX_RECORD_BYTES_ENV,
     PACHCTL_ENV,

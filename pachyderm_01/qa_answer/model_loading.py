@@ -83,7 +83,6 @@ def load_model(config: QAConfig) -> LoadedModel:
     from huggingface_hub import constants as hub_constants
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
-    config.validate()
     device = resolve_device(config.device)
     folder = local_folder(config.model)
     offline = hub_constants.is_offline_mode()

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from qa_answer.csv_input import DEFAULT_MAX_RECORD_BYTES
+from qa_answer.csv_input import DEFAULT_CHUNK_ROWS, DEFAULT_MAX_RECORD_BYTES
 from qa_answer.errors import SettingsError
 from qa_answer.qa_config import QAConfig
 
@@ -32,7 +32,6 @@ FAIL_ON_REJECT_ENV = "QA_FAIL_ON_REJECT"
 DATUM_BATCHING_ENV = "QA_DATUM_BATCHING"
 PACHCTL_ENV = "QA_PACHCTL"
 DEFAULT_PACHCTL = "pachctl"
-DEFAULT_CHUNK_ROWS = 256
 EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
 CREDENTIALS_ENV = "GOOGLE_APPLICATION_CREDENTIALS"
 PROJECT_ENV = "GOOGLE_CLOUD_PROJECT"
@@ -85,9 +84,8 @@ def answer_settings(flags: Mapping[str, object], env: Mapping[str, str]) -> Answ
         value = _pick(flags.get(name), flag, env, variable, kind)
         if value is not None:
             values[name] = value
-    qa = QAConfig(**values)
     try:
-        qa.validate()
+        qa = QAConfig(**values)
     except ValueError as exc:
         raise SettingsError(f"invalid settings: {exc}") from None
     chunk_rows = _pick(flags.get("chunk_rows"), "--chunk-rows", env, CHUNK_ROWS_ENV, int)
