@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from .errors import ModelLoadError
-from .precision import check_precision_device
-from .qa_config import QAConfig
+from qa_answer.errors import ModelLoadError
+from qa_answer.precision import check_precision_device
+from qa_answer.qa_config import QAConfig
 
 HOW_TO_FIX = (
     "To run without network access, save the model once with save_pretrained (or `hf download MODEL "

@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .decode import Window, best_span
-from .features import Feature, Windowing, build_features, length_sorted_batches, pad_batch
-from .model_loading import LoadedModel, load_model
-from .precision import Engine, ProbeResult, build_engine, candidates, pick_fastest
-from .qa_config import QAConfig
-from .results import RowFailure, Span
-from .stages import prefetch
+from qa_answer.decode import Window, best_span
+from qa_answer.features import Feature, Windowing, build_features, length_sorted_batches, pad_batch
+from qa_answer.model_loading import LoadedModel, load_model
+from qa_answer.precision import Engine, ProbeResult, build_engine, candidates, pick_fastest
+from qa_answer.qa_config import QAConfig
+from qa_answer.results import RowFailure, Span
+from qa_answer.stages import prefetch
 
 log = logging.getLogger(__name__)
 
