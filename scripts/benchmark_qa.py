@@ -1,12 +1,12 @@
 #!/usr/bin/env python
-"""Questions/second of the seed projects' per-row QA pipeline vs qa-answer's batched core in each precision.
+"""Questions/second of a per-row QA pipeline (the original class projects' way) vs qa-answer's batched core.
 
 One run, same rows, same model (distilbert-base architecture with random weights: same FLOPs as the real
 model, no download) and a tokenizer built from a generated ~30k-token WordPiece vocabulary. Variants run
 interleaved chunk by chunk (A B C D E A B C D E ...) so machine noise hits all of them alike; medians over
 rounds.
 
-    A  transformers 5.2 pipeline("question-answering") called once per row, fp32 (the seed projects' way)
+    A  transformers 5.2 pipeline("question-answering") called once per row, fp32 (the class projects' way)
     B  qa_answer.qa_core, fp32
     C  qa_answer.qa_core, bf16
     D  qa_answer.qa_core, int8 (torch dynamic quantization)
@@ -137,7 +137,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
     from qa_answer.qa_config import QAConfig
-    from qa_answer.qa_core import RowFailure, load_qa_model
+    from qa_answer.qa_core import load_qa_model
+    from qa_answer.results import RowFailure
     from transformers import pipeline
     from transformers.utils import logging as hf_logging
 

@@ -19,7 +19,8 @@ PG_SSLCLIENT_CERT and PG_SSL_CLIENT_KEY are accepted for PG_SSLCERT and PG_SSLKE
 
 parse_args "$USAGE" "$@"
 
-# The seed README spelled the client certificate variables differently; accept both, the canonical name wins.
+# The original class project's README spelled the client certificate variables differently; accept both,
+# the canonical name wins.
 PG_SSLCERT=${PG_SSLCERT:-${PG_SSLCLIENT_CERT:-}}
 PG_SSLKEY=${PG_SSLKEY:-${PG_SSL_CLIENT_KEY:-}}
 PG_PORT=${PG_PORT:-5432}

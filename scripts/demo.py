@@ -22,8 +22,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from qa_answer.qa_config import DEFAULT_MODEL
+
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL = "distilbert/distilbert-base-cased-distilled-squad"
 BUCKET = "demo-questions"
 PREFIX = "questions"
 DBNAME = "qa_demo"
@@ -85,7 +86,8 @@ def check_model(settings: DemoSettings) -> str | None:
         "(random weights: the answers are arbitrary spans, the pipeline is the real one), or download\n"
         f"{DEFAULT_MODEL} on a connected machine and set QA_MODEL to that folder."
     )
-    from qa_answer.model_loading import ModelLoadError, local_folder
+    from qa_answer.errors import ModelLoadError
+    from qa_answer.model_loading import local_folder
 
     try:
         folder = local_folder(settings.model)  # a path-like name of a missing folder is not a hub id

@@ -31,7 +31,7 @@ REPOS = dr.ImageRepositories.from_namespace("myorg")
 
 
 def _specs() -> list[tuple[str, dict]]:
-    """The DAG as H4's specs describe it (shared names from the brief), deliberately out of order."""
+    """The DAG as the files in specs/ describe it (the same names), deliberately out of order."""
     pg_load = {
         "pipeline": {"name": "pg-load"},
         "input": {"pfs": {"repo": "qa-answer", "glob": "/"}},

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 from qa_answer.cli import main
+from qa_answer.errors import SettingsError, SourceError
 from qa_answer.ingest import mirror_source
-from qa_answer.settings import GCSLocation, SettingsError, parse_gcs_url
-from qa_answer.sources import ChecksumMismatch, GCSSource, SourceError, SourceObject, verify_download
+from qa_answer.settings import GCSLocation, parse_gcs_url
+from qa_answer.sources import ChecksumMismatch, GCSSource, SourceObject, verify_download
 
 CSV = b"question,context\nWho?,Ada wrote it.\n"
 

@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 import tomllib
 import yaml
+from qa_answer.qa_config import DEFAULT_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = ROOT / ".venv" / "bin"
 DOCKERFILES = {"answer": ROOT / "pachyderm_01" / "Dockerfile", "load": ROOT / "pachyderm_02" / "Dockerfile"}
 WORKFLOW = ROOT / ".github" / "workflows" / "ci.yml"
-MODEL_ID = "distilbert/distilbert-base-cased-distilled-squad"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 PACKAGE_DIRS = set(PYPROJECT["tool"]["setuptools"]["package-dir"].values())
 
@@ -147,7 +147,7 @@ def test_image1_has_cpu_torch_and_the_pinned_model_offline():
     )
     assert qa_default, "transformers no longer names a default QA model"
     default_id, default_revision = qa_default.groups()
-    assert args["QA_MODEL_ID"] == default_id == MODEL_ID
+    assert args["QA_MODEL_ID"] == default_id == DEFAULT_MODEL
     assert re.fullmatch(r"[0-9a-f]{40}", args["QA_MODEL_REVISION"])
     assert args["QA_MODEL_REVISION"].startswith(default_revision)
     bake = _index(build, "RUN", 'python /tmp/bake_model.py "${QA_MODEL_ID}" "${QA_MODEL_REVISION}"')
@@ -249,7 +249,7 @@ def _fake_baked_cache(tmp_path: Path, model_dir: Path, revision: str) -> tuple[P
 
     hf_home = tmp_path / "hf"
     snapshot = (
-        hf_home / "hub" / repo_folder_name(repo_id=MODEL_ID, repo_type="model") / "snapshots" / revision
+        hf_home / "hub" / repo_folder_name(repo_id=DEFAULT_MODEL, repo_type="model") / "snapshots" / revision
     )
     shutil.copytree(model_dir, snapshot)
     return hf_home, snapshot
@@ -282,7 +282,7 @@ def test_baked_cache_serves_the_plain_hub_id_offline_at_the_pinned_revision(tmp_
     with (tmp_path / "out" / "answers" / "q.csv").open(newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 1
-    assert rows[0]["model"] == f"{MODEL_ID}@{revision}"
+    assert rows[0]["model"] == f"{DEFAULT_MODEL}@{revision}"
 
 
 def test_without_the_pinned_ref_the_offline_load_fails_clearly(tmp_path, tiny_qa_model_dir):
@@ -290,7 +290,7 @@ def test_without_the_pinned_ref_the_offline_load_fails_clearly(tmp_path, tiny_qa
     hf_home, _ = _fake_baked_cache(tmp_path, tiny_qa_model_dir, revision)
     result = _answer_offline(tmp_path, hf_home)
     assert result.returncode != 0
-    assert MODEL_ID in result.stderr and "HF_HUB_OFFLINE" in result.stderr
+    assert DEFAULT_MODEL in result.stderr and "HF_HUB_OFFLINE" in result.stderr
 
 
 def test_pin_main_ref_refuses_a_folder_that_is_not_a_snapshot(tmp_path):

@@ -7,9 +7,11 @@ import shutil
 import huggingface_hub.constants as hub_constants
 import pytest
 import torch
-from qa_answer.model_loading import ModelLoadError, resolve_device
+from qa_answer.errors import ModelLoadError
+from qa_answer.model_loading import resolve_device
 from qa_answer.qa_config import QAConfig
-from qa_answer.qa_core import Span, load_qa_model
+from qa_answer.qa_core import load_qa_model
+from qa_answer.results import Span
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
 
@@ -123,14 +125,11 @@ def test_cuda_requested_without_cuda(monkeypatch, tiny_qa_model_dir):
     ],
 )
 def test_invalid_settings_fail_before_the_tokenizer(settings, message):
-    config = QAConfig(**settings)
-    with pytest.raises(ValueError) as err:
-        config.validate()
+    with pytest.raises(ValueError) as err:  # no config to load exists: refused before touching any file
+        QAConfig(**settings)
     assert str(err.value) == message
-    with pytest.raises(ValueError):  # and loading refuses too, before touching any file
-        load_qa_model(config)
 
 
 def test_default_settings_are_valid():
-    QAConfig().validate()
-    QAConfig(max_seq_len=16, doc_stride=7).validate()
+    assert QAConfig().max_seq_len == 384
+    assert QAConfig(max_seq_len=16, doc_stride=7).doc_stride == 7

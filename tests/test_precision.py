@@ -11,7 +11,8 @@ import warnings
 import pytest
 import torch
 from qa_answer.cli import main
-from qa_answer.model_loading import ModelLoadError, load_model
+from qa_answer.errors import ModelLoadError
+from qa_answer.model_loading import load_model
 from qa_answer.precision import (
     CPU_CANDIDATES,
     Engine,
@@ -26,11 +27,10 @@ from qa_answer.qa_core import (
     AGREEMENT_MAX_ROWS,
     Agreement,
     QAModel,
-    RowFailure,
-    Span,
     cuda_batch_windows,
     load_qa_model,
 )
+from qa_answer.results import RowFailure, Span
 from test_qa_oracle import LONG, MIXED, SMALL_WINDOWS, make_corpus
 
 with warnings.catch_warnings():

@@ -12,7 +12,8 @@ import pytest
 from fixtures_model import _UNICODE, _WORDS
 from qa_answer.features import Windowing, build_features
 from qa_answer.qa_config import QAConfig
-from qa_answer.qa_core import RowFailure, Span, load_qa_model
+from qa_answer.qa_core import load_qa_model
+from qa_answer.results import RowFailure, Span
 
 ODD_TEXT = [
     "café au lait", "Zürich–München", "São Paulo", "naïvely", "東京タワー", "emoji 😀 here",

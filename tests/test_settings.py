@@ -6,12 +6,12 @@ from dataclasses import fields
 from pathlib import Path
 
 import pytest
+from qa_answer.errors import SettingsError
 from qa_answer.qa_config import QAConfig
 from qa_answer.settings import (
     EMULATOR_PROJECT,
     QA_OPTIONS,
     GCSLocation,
-    SettingsError,
     answer_settings,
     ingest_settings,
 )

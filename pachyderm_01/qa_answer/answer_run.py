@@ -46,8 +46,9 @@ from qa_answer.contract import (
     walk_csv,
 )
 from qa_answer.csv_input import DEFAULT_MAX_RECORD_BYTES, read_question_chunks
+from qa_answer.errors import OutputError
 from qa_answer.faults import NO_FAULTS, Faults
-from qa_answer.qa_core import RowFailure
+from qa_answer.results import RowFailure, Span
 
 log = logging.getLogger(__name__)
 
@@ -56,16 +57,14 @@ TEMP_PREFIX = ".qa-answer-"
 _STAND_IN_HEAD = 50
 
 
-class OutputError(Exception):
-    """An output file cannot be written (full disk, read-only folder, ...); the message is for the user."""
-
-
 class Answerer(Protocol):
     """What the run needs from the QA core (``qa_core.QAModel``)."""
 
     name: str
 
-    def answer(self, questions: Sequence[str], contexts: Sequence[str]) -> list: ...
+    def answer(self, questions: Sequence[str], contexts: Sequence[str]) -> list[Span | RowFailure]:
+        """One result per row, in order."""
+        ...
 
 
 @dataclass

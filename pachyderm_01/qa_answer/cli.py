@@ -17,19 +17,18 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from qa_answer.csv_input import DEFAULT_MAX_RECORD_BYTES
-from qa_answer.faults import FAULT_ENV, FaultError, Faults
+from qa_answer.csv_input import DEFAULT_CHUNK_ROWS, DEFAULT_MAX_RECORD_BYTES
+from qa_answer.errors import USER_ERRORS
+from qa_answer.faults import FAULT_ENV, Faults
 from qa_answer.qa_config import DEFAULT_MODEL
 from qa_answer.settings import (
     CHUNK_ROWS_ENV,
     DATUM_BATCHING_ENV,
-    DEFAULT_CHUNK_ROWS,
     FAIL_ON_REJECT_ENV,
     MAX_RECORD_BYTES_ENV,
     PACHCTL_ENV,
     QA_OPTIONS,
     AnswerSettings,
-    SettingsError,
     answer_settings,
     existing_dir,
     ingest_settings,
@@ -117,7 +116,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             if args.command == "ingest":
                 return run_ingest(vars(args), environment)
             return run_answer(vars(args), environment)
-        except _expected_errors() as exc:
+        except USER_ERRORS as exc:
             print(f"{PROG}: error: {exc}", file=sys.stderr)
             return EXIT_ERROR
 
@@ -193,21 +192,6 @@ def _exit_code(settings: AnswerSettings, summary: RunSummary) -> int:
         )
         return EXIT_REJECTED
     return EXIT_OK
-
-
-def _expected_errors() -> tuple[type[BaseException], ...]:
-    """Errors whose message is the whole story for the user: no traceback for these."""
-    errors: list[type[BaseException]] = [SettingsError, FaultError]
-    modules = sys.modules
-    if "qa_answer.answer_run" in modules:
-        errors.append(modules["qa_answer.answer_run"].OutputError)
-    if "qa_answer.sources" in modules:
-        errors.append(modules["qa_answer.sources"].SourceError)
-    if "qa_answer.datum_batching" in modules:
-        errors.append(modules["qa_answer.datum_batching"].NextDatumError)
-    if "qa_answer.model_loading" in modules:
-        errors.append(modules["qa_answer.model_loading"].ModelLoadError)
-    return tuple(errors)
 
 
 @contextmanager

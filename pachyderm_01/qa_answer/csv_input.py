@@ -32,6 +32,8 @@ from qa_answer.contract import FILE_LEVEL_ROW, escape_raw
 
 REQUIRED_COLUMNS = ("question", "context")
 ID_COLUMN = "id"
+#: Rows read and answered at a time by default (``QA_CHUNK_ROWS``): memory stays flat whatever the file size.
+DEFAULT_CHUNK_ROWS = 256
 #: Largest record accepted by default (bytes of UTF-8, line ends included). The QA core holds ~200 MB of
 #: windows per MiB of context (measured), so 1 MiB keeps a run with distilbert-base under 1 GB.
 DEFAULT_MAX_RECORD_BYTES = 1024 * 1024
@@ -179,7 +181,7 @@ class _Header:
 
 
 def read_question_chunks(
-    stream: BinaryIO, chunk_rows: int = 512, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+    stream: BinaryIO, chunk_rows: int = DEFAULT_CHUNK_ROWS, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
 ) -> Iterator[Chunk]:
     """Yield chunks of at most ``chunk_rows`` rows (answerable and rejected together) from a CSV stream.
 

@@ -13,12 +13,10 @@ import shutil
 import subprocess
 from collections.abc import Callable, Sequence
 
+from qa_answer.errors import NextDatumError
+
 #: Where Pachyderm's worker init container copies pachctl into the user container (it may not be on PATH).
 WORKER_PACHCTL = "/pach-bin/pachctl"
-
-
-class NextDatumError(RuntimeError):
-    """``pachctl next datum`` failed: the worker is gone or the command is not Pachyderm's."""
 
 
 def next_datum(pachctl: str) -> None:

@@ -131,10 +131,19 @@ def align_to_words(s: int, e: int, window: Window, words: ContextWords | None = 
     return int(window.offsets[s, 0]), int(window.offsets[e, 1])
 
 
+@dataclass(slots=True)
+class _Candidate:
+    """One answer text of a row: where it first appeared and the scores of every span with that text."""
+
+    start: int
+    end: int
+    score: float
+
+
 def best_span(windows: Iterable[Window], context: str, max_answer_len: int) -> DecodedSpan | None:
     """The best answer over all windows of one row; ``None`` when no window yields a span."""
-    answers: list[list] = []  # [text, start, end, score], first occurrence of each text wins the position
-    by_text: dict[str, list] = {}
+    answers: list[_Candidate] = []  # in order of first occurrence: that occurrence gives the position
+    by_text: dict[str, _Candidate] = {}
     for window in windows:
         starts, ends, scores = top_spans(
             window.start_logits, window.end_logits, window.allowed, max_answer_len, CANDIDATES_PER_WINDOW
@@ -142,15 +151,14 @@ def best_span(windows: Iterable[Window], context: str, max_answer_len: int) -> D
         words = ContextWords(window)
         for s, e, score in zip(starts, ends, scores, strict=True):
             start, end = align_to_words(int(s), int(e), window, words)
-            text = context[start:end]
-            key = text.lower()
+            key = context[start:end].lower()
             if key in by_text:
-                by_text[key][3] += score.item()
+                by_text[key].score += score.item()
             else:
-                answer = [text, start, end, score.item()]
+                answer = _Candidate(start, end, score.item())
                 by_text[key] = answer
                 answers.append(answer)
     if not answers:
         return None
-    best = max(answers, key=lambda a: a[3])  # first of equal scores, like a stable sort
-    return DecodedSpan(start=best[1], end=best[2], score=best[3])
+    best = max(answers, key=lambda a: a.score)  # first of equal scores, like a stable sort
+    return DecodedSpan(start=best.start, end=best.end, score=best.score)

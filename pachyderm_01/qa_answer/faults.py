@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from qa_answer.contract import ENCODING
+from qa_answer.errors import FaultError
 
 FAULT_ENV = "QA_TEST_FAULT"
 #: SIGKILL the process after the rejected/ file of an input is renamed into place, before its answers/ file.
@@ -19,10 +20,6 @@ KILL_BETWEEN_RENAMES = "kill-between-renames"
 #: Every output file's bytes go to /dev/full: writing fails with ENOSPC exactly as on a full disk.
 DISK_FULL = "disk-full"
 POINTS = (KILL_BETWEEN_RENAMES, DISK_FULL)
-
-
-class FaultError(ValueError):
-    pass
 
 
 @dataclass(frozen=True)

@@ -13,18 +13,15 @@ from typing import Any
 
 import torch
 
-from .precision import check_precision_device
-from .qa_config import QAConfig
+from qa_answer.errors import ModelLoadError
+from qa_answer.precision import check_precision_device
+from qa_answer.qa_config import QAConfig
 
 HOW_TO_FIX = (
     "To run without network access, save the model once with save_pretrained (or `hf download MODEL "
     "--local-dir DIR`) and set QA_MODEL=DIR (or --model DIR) to that local folder; it must hold config.json, "
     "the weights and the tokenizer files."
 )
-
-
-class ModelLoadError(RuntimeError):
-    """The QA model or its tokenizer could not be loaded; the message is meant for the operator."""
 
 
 @dataclass(frozen=True)
@@ -86,7 +83,6 @@ def load_model(config: QAConfig) -> LoadedModel:
     from huggingface_hub import constants as hub_constants
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
-    config.validate()
     device = resolve_device(config.device)
     folder = local_folder(config.model)
     offline = hub_constants.is_offline_mode()

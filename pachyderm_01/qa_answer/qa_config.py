@@ -21,7 +21,7 @@ _DEVICE = re.compile(r"^(auto|cpu|cuda(:(0|[1-9][0-9]{0,3}))?)$", re.ASCII)
 
 @dataclass(frozen=True)
 class QAConfig:
-    """How to load the model and cut questions + contexts into model windows."""
+    """How to load the model and cut questions + contexts into model windows; checked when built."""
 
     model: str = DEFAULT_MODEL  # hub id or local folder
     batch_size: int | None = None  # windows per forward pass; None: sized for the device
@@ -31,7 +31,7 @@ class QAConfig:
     device: str = "auto"  # auto -> cuda when available, else cpu; or cpu, cuda, cuda:N
     precision: str = "fp32"  # one of PRECISIONS
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         """Raise ``ValueError`` naming the setting, its value and the allowed range."""
         if not self.model or not self.model.strip():
             raise ValueError("model must name a Hugging Face hub id or a local folder (QA_MODEL / --model)")

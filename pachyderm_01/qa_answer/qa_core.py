@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .decode import Window, best_span
-from .features import Feature, Windowing, build_features, length_sorted_batches, pad_batch
-from .model_loading import LoadedModel, load_model
-from .precision import Engine, ProbeResult, build_engine, candidates, pick_fastest
-from .qa_config import QAConfig
-from .stages import prefetch
+from qa_answer.decode import Window, best_span
+from qa_answer.features import Feature, Windowing, build_features, length_sorted_batches, pad_batch
+from qa_answer.model_loading import LoadedModel, load_model
+from qa_answer.precision import Engine, ProbeResult, build_engine, candidates, pick_fastest
+from qa_answer.qa_config import QAConfig
+from qa_answer.results import RowFailure, Span
+from qa_answer.stages import prefetch
 
 log = logging.getLogger(__name__)
 
@@ -43,23 +44,6 @@ CUDA_MEMORY_SHARE = 0.25
 AGREEMENT_EVERY_ROWS = 64
 #: ...up to this many rows per run (``take_agreement`` starts a new run).
 AGREEMENT_MAX_ROWS = 64
-
-
-@dataclass(frozen=True)
-class Span:
-    """An answer: ``context[start:end] == answer``; ``score`` is the pipeline's probability."""
-
-    answer: str
-    score: float
-    start: int
-    end: int
-
-
-@dataclass(frozen=True)
-class RowFailure:
-    """A row the model could not answer, with a reason fit for the ``rejected`` file."""
-
-    reason: str
 
 
 @dataclass(frozen=True)
@@ -313,6 +297,5 @@ def _same_answer(ours: Span | RowFailure, reference: Span | RowFailure) -> bool:
 
 
 def load_qa_model(config: QAConfig) -> QAModel:
-    """Validate ``config`` and load its model once; raises ``ValueError`` or ``ModelLoadError``."""
-    config.validate()
+    """Load ``config``'s model once; raises ``ModelLoadError``."""
     return QAModel(load_model(config), config)

@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from qa_answer.csv_input import DEFAULT_MAX_RECORD_BYTES
+from qa_answer.csv_input import DEFAULT_CHUNK_ROWS, DEFAULT_MAX_RECORD_BYTES
+from qa_answer.errors import SettingsError
 from qa_answer.qa_config import QAConfig
 
 #: (QAConfig field, flag, environment variable, type)
@@ -31,7 +32,6 @@ FAIL_ON_REJECT_ENV = "QA_FAIL_ON_REJECT"
 DATUM_BATCHING_ENV = "QA_DATUM_BATCHING"
 PACHCTL_ENV = "QA_PACHCTL"
 DEFAULT_PACHCTL = "pachctl"
-DEFAULT_CHUNK_ROWS = 256
 EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
 CREDENTIALS_ENV = "GOOGLE_APPLICATION_CREDENTIALS"
 PROJECT_ENV = "GOOGLE_CLOUD_PROJECT"
@@ -42,10 +42,6 @@ _BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
-
-
-class SettingsError(ValueError):
-    """A setting is missing or invalid; the message is meant for the user as is."""
 
 
 @dataclass(frozen=True)
@@ -88,9 +84,8 @@ def answer_settings(flags: Mapping[str, object], env: Mapping[str, str]) -> Answ
         value = _pick(flags.get(name), flag, env, variable, kind)
         if value is not None:
             values[name] = value
-    qa = QAConfig(**values)
     try:
-        qa.validate()
+        qa = QAConfig(**values)
     except ValueError as exc:
         raise SettingsError(f"invalid settings: {exc}") from None
     chunk_rows = _pick(flags.get("chunk_rows"), "--chunk-rows", env, CHUNK_ROWS_ENV, int)

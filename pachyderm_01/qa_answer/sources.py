@@ -19,15 +19,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from qa_answer.contract import LINK_OUTSIDE, MAX_PATH_BYTES, is_csv_name, links_outside, walk_csv
+from qa_answer.errors import SourceError
 
 _DOWNLOAD_ATTEMPTS = 3
 #: stat errors that make a listed name "not a file" (as ``Path.is_file`` treats them): a link to nothing,
 #: a name that vanished
 _NOT_A_FILE_ERRNOS = (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP)
-
-
-class SourceError(Exception):
-    """The source cannot be listed or an object cannot be fetched; the message is for the user."""
 
 
 @dataclass(frozen=True)
