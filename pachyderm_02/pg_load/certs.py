@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from .settings import ConnectionSettings, SettingsError
+from pg_load.settings import ConnectionSettings, SettingsError
 
 _CERT_FIELDS = (("sslrootcert", "PG_SSLROOTCERT"), ("sslcert", "PG_SSLCERT"), ("sslkey", "PG_SSLKEY"))
 #: longest value tried as a path (Linux PATH_MAX); longer ones can only be content

@@ -21,11 +21,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from .certs import check_certificates, connect_params, env_secret_values, secret_values
-from .diagnose import RowError
-from .plan import InputError, scan
-from .settings import ConnectionSettings, LoadSettings, SettingsError, redact
-from .store import LoadError, LoadResult, PostgresAnswerStore, Provenance, RetryPolicy, StepHook
+from pg_load.certs import check_certificates, connect_params, env_secret_values, secret_values
+from pg_load.diagnose import RowError
+from pg_load.plan import InputError, scan
+from pg_load.settings import ConnectionSettings, LoadSettings, SettingsError, redact
+from pg_load.store import LoadError, LoadResult, PostgresAnswerStore, Provenance, RetryPolicy, StepHook
 
 log = logging.getLogger("pg_load")
 

@@ -20,10 +20,10 @@ from typing import IO, Any
 import psycopg2
 from psycopg2.extras import execute_values
 
-from . import sql
-from .diagnose import check_header, copy_error, describe_db_error
-from .migrate import CREATES_TABLES, migrate
-from .plan import Plan, Source, diff, frame
+from pg_load import sql
+from pg_load.diagnose import check_header, copy_error, describe_db_error
+from pg_load.migrate import CREATES_TABLES, migrate
+from pg_load.plan import Plan, Source, diff, frame
 
 log = logging.getLogger("pg_load")
 
