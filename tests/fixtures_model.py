@@ -1,16 +1,14 @@
-"""Fixtures: a tiny random BERT QA model + fast tokenizer, built offline and saved to a temp folder.
+"""Fixtures: a tiny random BERT QA model + fast tokenizer, built offline (pachyderm_local.tiny_model).
 
 Loaded through the production loader (``load_qa_model``) so tests exercise the real code path.
 """
 
 from __future__ import annotations
 
-import string
 from pathlib import Path
 
 import pytest
-
-SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+from pachyderm_local.tiny_model import build_qa_model, wordpiece_vocab
 
 _WORDS = """
 the a an of to in on at for by with from and or but not is was are were be been has have had do does did
@@ -42,40 +40,12 @@ _SUBWORDS = [
 
 def tiny_vocab() -> list[str]:
     """A deterministic WordPiece vocabulary of a few hundred tokens (specials, words, chars, pieces)."""
-    tokens: list[str] = list(SPECIAL_TOKENS)
-    chars = list(string.ascii_lowercase + string.ascii_uppercase + string.digits + string.punctuation)
-    pieces = ["##" + c for c in string.ascii_lowercase + string.digits]
-    for tok in chars + pieces + _WORDS + [w.lower() for w in _WORDS] + _UNICODE + _SUBWORDS:
-        if tok not in tokens:
-            tokens.append(tok)
-    return tokens
+    return wordpiece_vocab(_WORDS + [w.lower() for w in _WORDS] + _UNICODE + _SUBWORDS)
 
 
 def build_tiny_qa_model(folder: Path, seed: int = 1234) -> Path:
-    """Save a random BertForQuestionAnswering (hidden 32, 2 layers) and its fast tokenizer into ``folder``."""
-    import torch
-    from transformers import BertConfig, BertForQuestionAnswering, BertTokenizerFast
-
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab = {token: index for index, token in enumerate(tiny_vocab())}
-    tokenizer = BertTokenizerFast(vocab=vocab, do_lower_case=False)
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=len(tiny_vocab()),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=512,
-    )
-    model = BertForQuestionAnswering(config)
-    # Random init gives near-uniform logits; widen them so spans (and scores) are well separated.
-    with torch.no_grad():
-        model.qa_outputs.weight.mul_(20.0)
-    model.eval()
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    """A random BERT QA model (hidden 32, 2 layers) with span logits widened so spans are well separated."""
+    return build_qa_model(folder, tiny_vocab(), seed, logit_scale=20.0)
 
 
 @pytest.fixture(scope="session")

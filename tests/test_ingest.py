@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import google_crc32c
 import pytest
+import requests
+import urllib3
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import storage
 from qa_answer.cli import main
 from qa_answer.errors import SettingsError, SourceError
 from qa_answer.ingest import mirror_source
 from qa_answer.settings import GCSLocation, parse_gcs_url
-from qa_answer.sources import ChecksumMismatch, GCSSource, SourceObject, verify_download
+from qa_answer.sources import ChecksumMismatch, GCSSource, SourceObject, download_checksum
 
 CSV = b"question,context\nWho?,Ada wrote it.\n"
 
@@ -146,7 +153,32 @@ def test_upper_case_extensions_are_saved_lower_case_and_an_exact_name_wins_a_cla
     assert any(r.getMessage().startswith("skipping 'b.Csv'") for r in caplog.records)
 
 
-def test_download_checksum_is_verified_against_the_listed_metadata(gcs_bucket, tmp_path):
+def client_corrupting_downloads(gcs_server):
+    """A real client whose HTTP session flips one bit of every media download: bytes altered in transit."""
+    session = requests.Session()
+
+    def flip_first_bit(response, *args, **kwargs):
+        if "alt=media" in response.url:
+            body = bytearray(response.raw.read())
+            body[0] ^= 0x01
+            response.raw = urllib3.HTTPResponse(
+                body=io.BytesIO(bytes(body)),
+                headers=response.raw.headers,
+                status=response.status_code,
+                preload_content=False,
+            )
+        return response
+
+    session.hooks["response"].append(flip_first_bit)
+    return storage.Client(
+        credentials=AnonymousCredentials(),
+        project="test",
+        client_options={"api_endpoint": gcs_server.url},
+        _http=session,
+    )
+
+
+def test_download_checksum_is_verified_against_the_listed_generation(gcs_server, gcs_bucket, tmp_path):
     upload(gcs_bucket, {"p/a.csv": CSV})
     source = GCSSource(gcs_bucket.client, gcs_bucket.name, "p/")
     [obj] = list(source.list_csv())
@@ -154,14 +186,17 @@ def test_download_checksum_is_verified_against_the_listed_metadata(gcs_bucket, t
     assert source.fetch(obj, good) is not None
     assert good.read_bytes() == CSV
 
-    # Simulate bytes altered in transit: the listing says one crc32c, the bytes we get have another.
-    obj.handle._properties["crc32c"] = "AAAAAA=="
+    source = GCSSource(client_corrupting_downloads(gcs_server), gcs_bucket.name, "p/")
+    [obj] = list(source.list_csv())
     with pytest.raises(SourceError) as error:
         source.fetch(obj, tmp_path / "bad.csv")
+    received = base64.b64encode(google_crc32c.Checksum(bytes([CSV[0] ^ 0x01]) + CSV[1:]).digest()).decode()
+    stored = gcs_bucket.get_blob("p/a.csv").crc32c
     assert str(error.value) == (
         f"checksum mismatch downloading gs://{gcs_bucket.name}/'p/a.csv' (3 attempts): "
-        f"crc32c of the downloaded bytes is {gcs_bucket.get_blob('p/a.csv').crc32c}, the object's is AAAAAA=="
+        f"crc32c of the downloaded bytes is {received}, the object's is {stored}"
     )
+    assert not (tmp_path / "bad.csv").exists()
 
 
 def test_object_replaced_after_listing_is_fetched_at_its_new_generation(gcs_bucket, tmp_path):
@@ -177,14 +212,11 @@ def test_object_replaced_after_listing_is_fetched_at_its_new_generation(gcs_buck
     assert dest.read_bytes() == newer
 
 
-def test_verify_download_falls_back_to_md5_and_refuses_no_checksum(tmp_path):
-    path = tmp_path / "x"
-    path.write_bytes(b"hello")
-    verify_download(path, crc32c=None, md5="XUFAKrxLKna5cZ2REBfFkg==")
-    with pytest.raises(ChecksumMismatch, match="md5 of the downloaded bytes is XUFAKrxLKna5cZ2REBfFkg=="):
-        verify_download(path, crc32c=None, md5="AAAAAAAAAAAAAAAAAAAAAA==")
+def test_download_checksum_falls_back_to_md5_and_refuses_no_checksum():
+    assert download_checksum(crc32c="mnG7TA==", md5="XUFAKrxLKna5cZ2REBfFkg==") == "crc32c"
+    assert download_checksum(crc32c=None, md5="XUFAKrxLKna5cZ2REBfFkg==") == "md5"
     with pytest.raises(ChecksumMismatch, match="neither a crc32c nor an md5"):
-        verify_download(path, crc32c=None, md5=None)
+        download_checksum(crc32c=None, md5=None)
 
 
 def test_missing_bucket_is_one_clear_error(gcs_server, monkeypatch, tmp_path, capsys):

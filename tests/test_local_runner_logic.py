@@ -188,6 +188,9 @@ def test_env_file_parsing():
     assert parse_env_file(text, ".env") == {"A": "1", "B": "two words", "C": "x#y", "D": "v"}
     with pytest.raises(EnvFileError, match=r"\.env:2"):
         parse_env_file("A=1\nnot a line\n", ".env")
+    for bad in ("A\n", "1A=x\n", 'A="unterminated\n'):  # no value, not a variable name, open quote
+        with pytest.raises(EnvFileError, match=r"^\.env:1: expected KEY=VALUE$"):
+            parse_env_file(bad, ".env")
     assert parse_assignments(["K=a=b", "E="]) == {"K": "a=b", "E": ""}
 
 

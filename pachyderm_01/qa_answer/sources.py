@@ -7,10 +7,9 @@ anything in the bucket; it only lists and downloads.
 
 from __future__ import annotations
 
-import base64
 import errno
-import hashlib
 import os
+import re
 import shutil
 import stat
 from collections.abc import Iterator
@@ -121,16 +120,19 @@ class GCSSource:
         corrupted = 0
         for _ in range(2 * _DOWNLOAD_ATTEMPTS):
             try:
-                # Pin the generation whose checksum we hold (GCS answers 412 if it was replaced).
-                blob.download_to_filename(str(dest), checksum="crc32c", if_generation_match=generation)
-                verify_download(dest, crc32c=crc32c, md5=md5)
+                # Pinned to the generation whose checksum we hold (GCS answers 412 if it was replaced); the
+                # client checks the bytes against that generation's checksum as they arrive.
+                checksum = download_checksum(crc32c, md5)
+                blob.download_to_filename(str(dest), checksum=checksum, if_generation_match=generation)
                 return SourceObject(obj.name, blob.size, blob)
             except exceptions.PreconditionFailed:
                 problem = None
             except exceptions.NotFound:
                 return None  # deleted since listed
-            except (DataCorruption, ChecksumMismatch) as exc:
-                problem = exc
+            except ChecksumMismatch as exc:
+                problem = str(exc)
+            except DataCorruption as exc:
+                problem = corruption_reason(str(exc))
             except exceptions.GoogleAPIError as exc:
                 raise SourceError(f"cannot download gs://{self.bucket}/{obj.handle.name!r}: {exc}") from None
             fresh = self.client.bucket(self.bucket).get_blob(obj.handle.name)
@@ -152,22 +154,28 @@ class ChecksumMismatch(Exception):
     pass
 
 
-def verify_download(path: Path, crc32c: str | None, md5: str | None) -> None:
-    """Compare a downloaded file with the object's base64 crc32c (preferred) or md5 from its metadata."""
+def download_checksum(crc32c: str | None, md5: str | None) -> str:
+    """Which checksum the client verifies a download with: crc32c, md5 when the object has none."""
     if crc32c:
-        import google_crc32c
+        return "crc32c"
+    if md5:
+        return "md5"
+    raise ChecksumMismatch("the object has neither a crc32c nor an md5 checksum")
 
-        name, expected, digest = "crc32c", crc32c, google_crc32c.Checksum()
-    elif md5:
-        name, expected, digest = "md5", md5, hashlib.md5()
-    else:
-        raise ChecksumMismatch("the object has neither a crc32c nor an md5 checksum")
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    actual = base64.b64encode(digest.digest()).decode("ascii")
-    if actual != expected:
-        raise ChecksumMismatch(f"{name} of the downloaded bytes is {actual}, the object's is {expected}")
+
+_CORRUPTION = re.compile(
+    r"indicated an (\w+) checksum of:\s+(\S+)\s+but the actual \w+ checksum of the downloaded contents was:"
+    r"\s+(\S+)"
+)
+
+
+def corruption_reason(message: str) -> str:
+    """One line from the client's multi-line checksum error: which checksum, what arrived, what was due."""
+    found = _CORRUPTION.search(message)
+    if found is None:
+        return "the downloaded bytes do not match the object's checksum"
+    kind, expected, actual = found.groups()
+    return f"{kind.lower()} of the downloaded bytes is {actual}, the object's is {expected}"
 
 
 def gcs_client(emulator_host: str | None, project: str | None, credentials_file: Path | None = None) -> Any:

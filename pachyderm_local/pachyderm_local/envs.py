@@ -9,14 +9,17 @@ environment nor an env file (a stray ``.env``) overrides it: only an explicit ``
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from dotenv.parser import parse_stream
+
 from .pathmap import PathMap
 from .spec import PipelineSpec
 
-_LINE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
+_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class EnvFileError(ValueError):
@@ -24,20 +27,18 @@ class EnvFileError(ValueError):
 
 
 def parse_env_file(text: str, source: str) -> dict[str, str]:
-    """``KEY=VALUE`` lines (``export`` allowed, ``#`` comments, optional single or double quotes)."""
+    """``KEY=VALUE`` lines in python-dotenv's format (``export``, ``#`` comments, quotes, escapes).
+
+    Parsed by python-dotenv's own parser rather than ``dotenv_values``, which logs and skips a line it
+    cannot read: here such a line, a key without ``=`` or a name that is no variable name is an error.
+    """
     values: dict[str, str] = {}
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        match = _LINE.match(line)
-        if not match:
-            raise EnvFileError(f"{source}:{number}: expected KEY=VALUE")
-        key, value = match.groups()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        elif " #" in value:
-            value = value.split(" #", 1)[0].rstrip()
-        values[key] = value
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.key is None and not binding.error:
+            continue  # blank line or comment
+        if binding.error or binding.value is None or not _KEY.match(binding.key or ""):
+            raise EnvFileError(f"{source}:{binding.original.line}: expected KEY=VALUE")
+        values[binding.key] = binding.value
     return values
 
 
@@ -46,7 +47,7 @@ def parse_assignments(items: Sequence[str]) -> dict[str, str]:
     values: dict[str, str] = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
+        if not sep or not _KEY.match(key):
             raise EnvFileError(f"--env expects KEY=VALUE, got {key!r}")
         values[key] = value
     return values
