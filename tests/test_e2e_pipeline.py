@@ -115,8 +115,8 @@ def test_incremental_pipeline_through_the_local_runner(
         ("team/c.csv", 2),
     ]
     assert first["rejected"] == []
-    # Datum batching: qa-answer starts once per datum set, as on Pachyderm: datums / (workers x 4) per set,
-    # at least 1, so 3 datums and the spec's 4 workers make 3 sets, 3 model loads (docs/local-runner.md).
+    # Datum batching: qa-answer starts once per datum set, as on Pachyderm: datums / (workers x per_worker)
+    # per set, at least 1, so 3 datums and the spec's 4 workers make 3 sets, 3 model loads (docs/pipeline.md).
     job = next(j for j in Store(root).list_jobs() if j.pipeline == "qa-answer")
     logs = "".join((root / "logs" / job.id / f"{d.id}.log").read_text() for d in job.datums)
     assert logs.count("loaded model") == 3, logs

@@ -242,6 +242,11 @@ def test_the_user_code_starts_once_per_datum_set(tmp_path, run):
         (15, 1, {"number": 5}, [5, 5, 5]),
         (7, 1, {"number": 5}, [5, 2]),
         (12, 2, {"per_worker": 1}, [6, 6]),
+        # the project's qa-answer spec: per_worker 1 on 4 workers (docs/pipeline.md)
+        (100, 4, {"per_worker": 1}, [25] * 4),
+        (101, 4, {"per_worker": 1}, [25] * 4 + [1]),
+        (11, 4, {"per_worker": 1}, [2] * 5 + [1]),
+        (7, 4, {"per_worker": 1}, [1] * 7),
         (6, 1, {"size_bytes": 25}, [3, 3]),  # 10 bytes each: a set closes once it reached 25
     ],
 )
