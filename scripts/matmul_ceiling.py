@@ -44,6 +44,10 @@ def rate(step: Callable[[], object], flops: float, seconds: float) -> float:
             return calls * flops / elapsed
 
 
+#: The feed-forward pair of one distilbert-base layer (most of a layer's FLOPs), as (in, out) features.
+SHAPES = [(768, 3072), (3072, 768)]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
@@ -51,9 +55,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    shapes = [(768, 3072), (3072, 768)]  # the feed-forward pair of one layer (most of a layer's FLOPs)
-    flops = sum(2 * args.tokens * k * n for k, n in shapes)
-    fp32 = [(torch.randn(args.tokens, k), torch.nn.Linear(k, n).eval()) for k, n in shapes]
+    flops = sum(2 * args.tokens * k * n for k, n in SHAPES)
+    steps = precision_steps(args.tokens, SHAPES)
+    print(
+        f"cpu threads={torch.get_num_threads()} tokens={args.tokens} shapes={SHAPES} "
+        f"torch={torch.__version__} quantized engine={torch.backends.quantized.engine}"
+    )
+    rates = measure(steps, flops, args.rounds, args.seconds)
+    report(rates)
+    return 0
+
+
+def precision_steps(tokens: int, shapes: list[tuple[int, int]]) -> dict[str, Callable[[], None]]:
+    """One step per precision, each running the same layers on the same activations, so that only the
+    kernel differs between them."""
+    import torch
+
+    fp32 = [(torch.randn(tokens, k), torch.nn.Linear(k, n).eval()) for k, n in shapes]
     bf16 = [
         (x.to(torch.bfloat16), torch.nn.Linear(k, n).to(torch.bfloat16).eval())
         for (x, _), (k, n) in zip(fp32, shapes, strict=True)
@@ -69,32 +87,44 @@ def main(argv: Sequence[str] | None = None) -> int:
             (x, quantize_dynamic(torch.nn.Sequential(lin), {torch.nn.Linear}, dtype=torch.qint8))
             for x, lin in fp32
         ]
+    return {"fp32": runner(fp32), "fp32-onednn": runner(onednn), "bf16": runner(bf16), "int8": runner(int8)}
 
-    def runner(pairs: list) -> Callable[[], None]:
-        def step() -> None:
-            for x, layer in pairs:
-                layer(x)
 
-        return step
+def runner(pairs: list) -> Callable[[], None]:
+    """A step applying each layer to its input, as one timed unit."""
 
-    steps = {"fp32": runner(fp32), "fp32-onednn": runner(onednn), "bf16": runner(bf16), "int8": runner(int8)}
+    def step() -> None:
+        for x, layer in pairs:
+            layer(x)
+
+    return step
+
+
+def measure(
+    steps: dict[str, Callable[[], None]], flops: float, rounds: int, seconds: float
+) -> dict[str, list[float]]:
+    """G(FL)OP/s per precision per round, the precisions taking turns within each round so that load from
+    other processes hits them alike; prints each round as it ends."""
+    import torch
+
     rates: dict[str, list[float]] = {k: [] for k in steps}
-    print(
-        f"cpu threads={torch.get_num_threads()} tokens={args.tokens} shapes={shapes} "
-        f"torch={torch.__version__} quantized engine={torch.backends.quantized.engine}"
-    )
     with torch.inference_mode():
-        for round_no in range(1, args.rounds + 1):
+        for round_no in range(1, rounds + 1):
             for key, step in steps.items():
-                rates[key].append(rate(step, flops, args.seconds) / 1e9)
+                rates[key].append(rate(step, flops, seconds) / 1e9)
             print(f"round {round_no}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in rates.items()), flush=True)
+    return rates
+
+
+def report(rates: dict[str, list[float]]) -> None:
+    """Medians, bests and the ratios to BLAS fp32: the best round is the one nearest the ceiling on a
+    shared machine, the median the one to expect."""
     med = {k: statistics.median(v) for k, v in rates.items()}
-    best = {k: max(v) for k, v in rates.items()}  # on a shared machine: nearest the ceiling
+    best = {k: max(v) for k, v in rates.items()}
     print("median GFLOP/s: " + ", ".join(f"{k} {v:.0f}" for k, v in med.items()) + " (int8: GOP/s)")
     print("best GFLOP/s: " + ", ".join(f"{k} {v:.0f}" for k, v in best.items()) + " (int8: GOP/s)")
     for key in ("fp32-onednn", "bf16", "int8"):
         print(f"{key}_vs_fp32: median {med[key] / med['fp32']:.2f}, best {best[key] / best['fp32']:.2f}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -187,12 +187,7 @@ def read_question_chunks(
 
     A chunk also holds at most ``max_record_bytes`` of records (always at least one record).
     """
-    if chunk_rows < 1:
-        raise ValueError("chunk_rows must be at least 1")
-    if max_record_bytes < 1:
-        raise ValueError("max_record_bytes must be at least 1")
-    if csv.field_size_limit() <= max_record_bytes:
-        csv.field_size_limit(max_record_bytes + 1)  # the record bound is the one that applies
+    _check_limits(chunk_rows, max_record_bytes)
     # surrogateescape keeps undecodable bytes as lone surrogates so one bad row cannot stop the file.
     text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
     lines = _RecordingLines(text, max_record_bytes)
@@ -218,10 +213,7 @@ def read_question_chunks(
             break
         except _RecordTooLarge:
             row_number += 1
-            head = lines.skip_record()
-            reason = f"record too large: over {max_record_bytes} bytes (the limit is QA_MAX_RECORD_BYTES)"
-            raw = _raw_text(head) + f"...[cut: the record is over {max_record_bytes} bytes]"
-            chunk.rejected.append(RowRejection(row_number, reason, raw))
+            chunk.rejected.append(_too_large_rejection(row_number, lines, max_record_bytes))
             reader = csv.reader(lines)  # the dropped reader was left inside that record
         except csv.Error as exc:
             # Unreachable while fields are bounded by the record limit; kept so a reader error never passes
@@ -240,11 +232,7 @@ def read_question_chunks(
                 yield chunk
                 chunk, chunk_bytes = Chunk(), 0
             chunk_bytes += lines.taken_bytes
-            parsed = _quoting_error(raw) or _parse_record(record, header, row_number, raw)
-            if isinstance(parsed, str):
-                chunk.rejected.append(RowRejection(row_number, parsed, _raw_text(raw)))
-            else:
-                chunk.rows.append(parsed)
+            _add_record(chunk, record, header, row_number, raw)
         if len(chunk) >= chunk_rows:
             yield chunk
             chunk, chunk_bytes = Chunk(), 0
@@ -252,7 +240,54 @@ def read_question_chunks(
         yield chunk
 
 
+def _check_limits(chunk_rows: int, max_record_bytes: int) -> None:
+    """Refuse limits that would make no progress, and lift the csv module's field limit above the record
+    bound, so that a long field is judged by the record bound alone."""
+    if chunk_rows < 1:
+        raise ValueError("chunk_rows must be at least 1")
+    if max_record_bytes < 1:
+        raise ValueError("max_record_bytes must be at least 1")
+    if csv.field_size_limit() <= max_record_bytes:
+        csv.field_size_limit(max_record_bytes + 1)  # the record bound is the one that applies
+
+
+def _too_large_rejection(row_number: int, lines: _RecordingLines, max_record_bytes: int) -> RowRejection:
+    """Skip the oversized record being read and reject it with only its head kept, so that memory stays
+    bounded and the rejected file still shows which record it was."""
+    head = lines.skip_record()
+    reason = f"record too large: over {max_record_bytes} bytes (the limit is QA_MAX_RECORD_BYTES)"
+    raw = _raw_text(head) + f"...[cut: the record is over {max_record_bytes} bytes]"
+    return RowRejection(row_number, reason, raw)
+
+
+def _add_record(chunk: Chunk, record: list[str], header: _Header, row_number: int, raw: str) -> None:
+    """File one non-blank record as a row or a rejection: the strict re-read's quoting complaint comes
+    first, so a record with a stray quote is rejected, not answered with the lenient reader's fields."""
+    parsed = _quoting_error(raw) or _parse_record(record, header, row_number, raw)
+    if isinstance(parsed, str):
+        chunk.rejected.append(RowRejection(row_number, parsed, _raw_text(raw)))
+    else:
+        chunk.rows.append(parsed)
+
+
 def _read_header(reader: Iterator[list[str]], lines: _RecordingLines) -> _Header:
+    """The header's column positions, or ``_HeaderError`` with the one reason the file cannot be read."""
+    record, raw = _first_record(reader, lines)
+    _check_header_text(record, raw)
+    names = [name.strip() for name in record]
+    positions = _column_positions(names, raw)
+    _check_required_columns(positions, names, raw)
+    return _Header(
+        size=len(record),
+        question=positions["question"],
+        context=positions["context"],
+        id=positions.get(ID_COLUMN),
+        extras=_extra_columns(names),
+    )
+
+
+def _first_record(reader: Iterator[list[str]], lines: _RecordingLines) -> tuple[list[str], str]:
+    """The first non-blank record and its raw text: blank lines before the header are not the header."""
     while True:
         try:
             record = next(reader)
@@ -265,7 +300,12 @@ def _read_header(reader: Iterator[list[str]], lines: _RecordingLines) -> _Header
             raise _HeaderError(f"cannot parse the header row: {exc}", lines.take()) from None
         raw = lines.take()
         if raw.strip():
-            break
+            return record, raw
+
+
+def _check_header_text(record: list[str], raw: str) -> None:
+    """Reject a header that is not UTF-8 CSV text (bad quoting, UTF-16, binary, undecodable bytes), so the
+    file gets that reason rather than a misleading complaint about missing columns."""
     bad_quoting = _quoting_error(raw)
     if bad_quoting:
         raise _HeaderError(f"cannot parse the header row: {bad_quoting.removeprefix('malformed CSV: ')}", raw)
@@ -278,40 +318,49 @@ def _read_header(reader: Iterator[list[str]], lines: _RecordingLines) -> _Header
     if bad is not None:
         raise _HeaderError(f"not a UTF-8 text file: undecodable byte 0x{bad:02x} in the header row", raw)
 
-    names = [name.strip() for name in record]
+
+def _column_positions(names: list[str], raw: str) -> dict[str, int]:
+    """Lower-cased name -> position; a duplicate named column is refused, as one of the two would be lost
+    (several unnamed columns are allowed)."""
     positions: dict[str, int] = {}
     for index, name in enumerate(names):
         key = name.lower()
         if key in positions and key:
             raise _HeaderError(f"duplicate column {name!r} in the header", raw)
         positions[key] = index
+    return positions
+
+
+def _check_required_columns(positions: dict[str, int], names: list[str], raw: str) -> None:
+    """Name every missing required column, with a hint when the file looks separated by another delimiter
+    (the usual reason a header reads as one column)."""
     missing = [name for name in REQUIRED_COLUMNS if name not in positions]
-    if missing:
-        listed = ", ".join(repr(name) for name in missing)
-        message = f"missing required column(s) {listed}; the header is {_clip(raw)!r}"
-        hint = _delimiter_hint(names)
-        if hint:
-            message += f" (it looks {hint}-separated; only comma-separated files are supported)"
-        raise _HeaderError(message, raw)
+    if not missing:
+        return
+    listed = ", ".join(repr(name) for name in missing)
+    message = f"missing required column(s) {listed}; the header is {_clip(raw)!r}"
+    hint = _delimiter_hint(names)
+    if hint:
+        message += f" (it looks {hint}-separated; only comma-separated files are supported)"
+    raise _HeaderError(message, raw)
+
+
+def _extra_columns(names: list[str]) -> tuple[tuple[str, int], ...]:
+    """(name, position) of every column passed through to ``extra``; an unnamed one becomes
+    ``column_<position>``, never the name of another column (its value would be lost)."""
     special = {*REQUIRED_COLUMNS, ID_COLUMN}
     taken = {name.lower() for name in names}
     extras = []
     for index, name in enumerate(names):
         if name.lower() in special:
             continue
-        if not name:  # unnamed: column_<position>, never the name of another column (its value would be lost)
+        if not name:
             name = f"column_{index + 1}"
             while name.lower() in taken:
                 name = "_" + name
             taken.add(name.lower())
         extras.append((name, index))
-    return _Header(
-        size=len(record),
-        question=positions["question"],
-        context=positions["context"],
-        id=positions.get(ID_COLUMN),
-        extras=tuple(extras),
-    )
+    return tuple(extras)
 
 
 def _parse_record(record: list[str], header: _Header, row_number: int, raw: str) -> QuestionRow | str:
