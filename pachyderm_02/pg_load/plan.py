@@ -20,6 +20,7 @@ from qa_answer.contract import (
     LONE_FILE_HINT,
     MAX_PATH_BYTES,
     REJECTED_DIR,
+    clipped_name,
     walk_csv,
 )
 
@@ -138,20 +139,23 @@ def _csv_files(folder: Path) -> Iterator[tuple[Path, str, tuple[int, int]]]:
     """(path, posix path relative to ``folder``, stamp) of every regular ``*.csv`` file below it (any case).
 
     One stat per file (the walk's directory entries already tell files from folders), so scanning thousands
-    of files stays cheap; symlinked folders are not entered, file links are followed. A path over PATH_MAX
-    is left out: the load reads files by path name, which cannot reach it (qa-answer never writes one).
+    of files stays cheap; symlinked folders are not entered, file links are followed. A ``*.csv`` path over
+    PATH_MAX is refused (see :func:`_refuse_long_path`); any other file is ignored with a warning.
     """
 
     def ignore(rel: bytes) -> None:
         path = folder / os.fsdecode(rel)
         if len(os.fsencode(path)) < MAX_PATH_BYTES:
             log.warning("ignoring %s: not a .csv file", path)
+        else:  # e.g. a temporary file a killed qa-answer run left beside a long output name
+            shown = clipped_name(rel)
+            log.warning("ignoring %r under %s (its path is over PATH_MAX): not a .csv file", shown, folder)
 
     for file in walk_csv(folder, other=ignore):
         rel = os.fsdecode(file.rel)
         path = folder / rel
         if len(os.fsencode(path)) >= MAX_PATH_BYTES:
-            continue
+            _refuse_long_path(folder, file.rel)
         try:
             st = file.stat()
         except FileNotFoundError:  # a dangling link
@@ -159,6 +163,19 @@ def _csv_files(folder: Path) -> Iterator[tuple[Path, str, tuple[int, int]]]:
         if stat.S_ISREG(st.st_mode):
             _check_name(folder, rel)
             yield path, rel, (st.st_size, st.st_mtime_ns)
+
+
+def _refuse_long_path(folder: Path, rel: bytes) -> None:
+    """Refuse a file whose path reaches PATH_MAX, naming it by its clipped stand-in (escaped).
+
+    The load reads files by path name, which cannot reach it, and qa-answer never writes such a path (it files
+    that input under a short stand-in), so the folder is not qa-answer's output.
+    """
+    raise InputError(
+        f"{folder.name}/ holds a file whose path is longer than PATH_MAX ({MAX_PATH_BYTES} bytes), "
+        f"{clipped_name(rel)!r} for short: qa-answer never writes such paths (it files such an input under "
+        "a short stand-in name); is IN_DIR the answering step's output?"
+    )
 
 
 def _check_name(folder: Path, rel: str) -> None:
