@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from contract_readers import read_answers, read_rejected
+from deep_paths import deep_file
 from qa_answer.answer_run import answer_folder
 from qa_answer.cli import EXIT_REJECTED, main
 from qa_answer.ingest import mirror_source
@@ -73,29 +74,11 @@ def test_an_escaped_name_taken_by_a_real_input_gets_a_distinct_stand_in(tmp_path
     assert file_rejection(out, stand_in)[3] == "the file name is not valid UTF-8: rename the file"
 
 
-def _deep_file(root: Path, levels: int) -> bytes:
-    """A CSV below ``levels`` folders of 250 characters (a path over PATH_MAX once levels > 16)."""
-    part = b"d" * 250
-    fd = os.open(root, os.O_RDONLY)
-    try:
-        for _ in range(levels):
-            os.mkdir(part, dir_fd=fd)
-            inner = os.open(part, os.O_RDONLY, dir_fd=fd)
-            os.close(fd)
-            fd = inner
-        handle = os.open(b"deep.csv", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
-        os.write(handle, GOOD.encode())
-        os.close(handle)
-    finally:
-        os.close(fd)
-    return b"/".join([part] * levels + [b"deep.csv"])
-
-
 def test_a_path_longer_than_path_max_is_an_unreadable_file(tmp_path, tiny_qa_model_dir, capsys):
     in_dir, out = tmp_path / "in", tmp_path / "out"
     in_dir.mkdir()
     (in_dir / "ok.csv").write_text(GOOD)
-    relative = _deep_file(in_dir, 17)
+    relative = deep_file(in_dir, 17)
     assert len(os.fsencode(in_dir)) + len(relative) > 4096
     assert main(["answer", str(in_dir), str(out), "--model", str(tiny_qa_model_dir), "--fail-on-reject"]) == (
         EXIT_REJECTED
@@ -240,7 +223,7 @@ def test_pg_load_loads_the_rejections_of_unusable_names(tmp_path, tiny_qa_model,
     in_dir.mkdir()
     (in_dir / "ok.csv").write_text(GOOD)
     write_raw(in_dir, b"lat\xe9.csv")
-    _deep_file(in_dir, 17)
+    deep_file(in_dir, 17)
     answer_folder(in_dir, out, tiny_qa_model, chunk_rows=8)
     assert pg_load_main([str(out), "-q"]) == 0
     db = pg_database.connect()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import os
 import subprocess
@@ -13,13 +14,20 @@ import google_crc32c
 import pytest
 import requests
 import urllib3
+from deep_paths import deep_file
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 from qa_answer.cli import main
 from qa_answer.errors import SettingsError, SourceError
 from qa_answer.ingest import mirror_source
 from qa_answer.settings import GCSLocation, parse_gcs_url
-from qa_answer.sources import ChecksumMismatch, GCSSource, SourceObject, download_checksum
+from qa_answer.sources import (
+    ChecksumMismatch,
+    GCSSource,
+    LocalFolderSource,
+    SourceObject,
+    download_checksum,
+)
 
 CSV = b"question,context\nWho?,Ada wrote it.\n"
 
@@ -238,6 +246,22 @@ def test_local_folder_source(tmp_path, capsys):
     assert files_under(out) == {"a/b/x.csv": CSV, "top.csv": b"question,context\n"}
     assert f"ingest summary: source={src} files=2 skipped=0 bytes=" in capsys.readouterr().out
     assert (src / "a" / "b" / "x.csv").read_bytes() == CSV  # the source is left alone
+
+
+def test_a_local_file_whose_path_is_over_path_max_is_a_counted_skip_named_by_its_stand_in(tmp_path, caplog):
+    """fetch copies by path name, which cannot reach the file: it is reported and counted, never dropped."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "top.csv").write_bytes(CSV)
+    relative = deep_file(src, 17)
+    assert len(os.fsencode(src)) + len(relative) > 4096
+    summary = mirror_source(LocalFolderSource(src), tmp_path / "out")
+    assert (summary.files, summary.skipped) == (1, 1)
+    assert files_under(tmp_path / "out") == {"top.csv": CSV}
+    stand_in = "d" * 50 + "..." + hashlib.sha256(relative).hexdigest()[:16]
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        f"skipping {stand_in!r} from {src}: the path is longer than PATH_MAX (4096 bytes): move the file"
+    ]
 
 
 @pytest.mark.parametrize(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import pytest
+from deep_paths import deep_file
 from pg_load.plan import InputError, Plan, diff, digest, scan
 
 
@@ -106,4 +108,27 @@ def test_scan_refuses_a_file_name_that_is_not_utf8_naming_it_escaped(tmp_path):
     assert str(err.value) == (
         "answers/sub/caf\\xe9.csv: the file name is not valid UTF-8, so it cannot be a source_file; "
         "rename or remove the file (qa-answer never writes such names)"
+    )
+
+
+def test_scan_refuses_a_csv_whose_path_is_over_path_max_naming_it_by_its_stand_in(tmp_path, caplog):
+    """qa-answer files such an input under a short stand-in, so a long path means IN_DIR is not its output."""
+    for rel in ("answers/a.csv", "rejected/a.csv"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    left_over = deep_file(tmp_path / "answers", 17, name=b".qa-answer-0123.part")
+    assert list(scan(tmp_path)) == ["a.csv"]  # a long path that is no .csv is ignored, with a warning
+    assert [r.getMessage() for r in caplog.records] == [
+        f"ignoring {'d' * 50 + '...' + hashlib.sha256(left_over).hexdigest()[:16]!r} under "
+        f"{tmp_path}/answers (its path is over PATH_MAX): not a .csv file"
+    ]
+    relative = deep_file(tmp_path / "rejected", 17)
+    assert len(os.fsencode(tmp_path / "rejected")) + len(relative) > 4096
+    with pytest.raises(InputError) as err:
+        scan(tmp_path)
+    stand_in = "d" * 50 + "..." + hashlib.sha256(relative).hexdigest()[:16]
+    assert str(err.value) == (
+        f"rejected/ holds a file whose path is longer than PATH_MAX (4096 bytes), {stand_in!r} for short: "
+        "qa-answer never writes such paths (it files such an input under a short stand-in name); "
+        "is IN_DIR the answering step's output?"
     )

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import logging
 import os
 import stat
@@ -25,17 +24,20 @@ from typing import IO, Protocol
 
 from qa_answer.contract import (
     ANSWER_COLUMNS,
+    CSV_SUFFIX,
     ENCODING,
     FILE_LEVEL_ROW,
     LINK_OUTSIDE,
     MAX_COMPONENT_BYTES,
     MAX_PATH_BYTES,
+    PATH_TOO_LONG,
     REJECTED_COLUMNS,
     REJECTED_DIR,
     AnswerRow,
     FoundFile,
     PendingFile,
     RejectedRow,
+    clipped_name,
     csv_writer,
     escape_raw,
     is_temp_name,
@@ -53,8 +55,6 @@ from qa_answer.results import RowFailure, Span
 log = logging.getLogger(__name__)
 
 TEMP_PREFIX = ".qa-answer-"
-#: Characters of an unusable input name kept in the stand-in name its rejection is filed under.
-_STAND_IN_HEAD = 50
 
 
 class Answerer(Protocol):
@@ -141,7 +141,7 @@ def _unreadable_because(top: bytes, file: FoundFile) -> str | None:
     except UnicodeDecodeError:
         return "the file name is not valid UTF-8: rename the file"
     if len(file.path) >= MAX_PATH_BYTES:
-        return f"the path is longer than PATH_MAX ({MAX_PATH_BYTES} bytes): move the file"
+        return PATH_TOO_LONG
     try:
         st = file.stat()
         linked = stat.S_ISLNK(file.stat(follow_symlinks=False).st_mode)
@@ -173,8 +173,7 @@ def _stand_in(rel: bytes, shown: str, out_dir: Path | None, taken: set[str]) -> 
     if parts_fit and shown not in taken and _output_name_ok(encoded, out_dir):
         taken.add(shown)
         return shown
-    digest = hashlib.sha256(rel).hexdigest()[:16]
-    name = f"{shown.replace('/', '_')[:_STAND_IN_HEAD]}...{digest}.csv"
+    name = f"{clipped_name(rel)}{CSV_SUFFIX}"
     taken.add(name)
     return name
 

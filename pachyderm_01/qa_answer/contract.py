@@ -18,6 +18,7 @@ Both images find CSVs with :func:`walk_csv`; qa-answer writes every file through
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -56,10 +57,15 @@ LONE_FILE_HINT = (
     "qa-answer writes both files of an input and replaces them as a pair, so a lone file is what a run "
     "stopped while replacing them leaves behind: run qa-answer again"
 )
+#: Why a file whose path is too long for the file system is not read (by `qa-answer answer`, nor copied by
+#: `qa-answer ingest` from a folder).
+PATH_TOO_LONG = f"the path is longer than PATH_MAX ({MAX_PATH_BYTES} bytes): move the file"
 #: Why a symlinked CSV is not read (`qa-answer ingest` from a folder and `qa-answer answer` share the rule).
 LINK_OUTSIDE = "a symlink to a file outside {folder}: not read (see docs/answering.md)"
 #: What a temporary name ends with (see :class:`PendingFile`).
 TEMP_SUFFIX = ".part"
+#: Characters of a name kept by :func:`clipped_name`.
+CLIPPED_HEAD = 50
 
 
 def output_folders(out_dir: Path) -> tuple[Path, Path]:
@@ -125,6 +131,16 @@ def _folder_id(folder: Path | bytes | None, folder_fd: int | None = None) -> tup
     except OSError:
         return None
     return st.st_dev, st.st_ino
+
+
+def clipped_name(rel: bytes) -> str:
+    """A short stand-in for a name too long to use or show whole: its start, ``...`` and a digest of it all.
+
+    The start is escaped (undecodable bytes as ``\\xNN``) with ``/`` as ``_``, so the result is one file name:
+    qa-answer files an input it cannot name under it (plus ``.csv``), and messages show such a path by it.
+    """
+    shown = rel.decode(ENCODING, errors="backslashreplace")
+    return f"{shown.replace('/', '_')[:CLIPPED_HEAD]}...{hashlib.sha256(rel).hexdigest()[:16]}"
 
 
 def links_outside(real_root: bytes, path: bytes) -> bool:

@@ -32,13 +32,36 @@ class MappedName:
 
 def map_object_name(name: str) -> MappedName:
     """The relative path a downloaded object named ``name`` (already relative to the prefix) is saved to."""
+    problem = _text_problem(name)
+    if problem is not None:
+        return MappedName(name, None, problem)
+    kept, changes = _components(name)
+    problem = _components_problem(kept)
+    if problem is not None:
+        return MappedName(name, None, problem)
+    _rename_csv_folders(kept, changes)
+    _lower_case_extension(kept, changes)
+    path = "/".join(kept)
+    problem = _path_problem(path)
+    if problem is not None:
+        return MappedName(name, None, problem)
+    return MappedName(name, path, "; ".join(changes) or None)
+
+
+def _text_problem(name: str) -> str | None:
+    """Why ``name`` cannot be written or logged as it is: not UTF-8, or a control character."""
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
-        return MappedName(name, None, "object name is not valid UTF-8")
+        return "object name is not valid UTF-8"
     for ch in name:
         if ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0:
-            return MappedName(name, None, f"object name contains control character U+{ord(ch):04X}")
+            return f"object name contains control character U+{ord(ch):04X}"
+    return None
+
+
+def _components(name: str) -> tuple[list[str], list[str]]:
+    """The path components of ``name`` with harmless oddities normalised, and the changes that made."""
     changes = []
     cleaned = name
     if "\\" in cleaned:
@@ -48,33 +71,50 @@ def map_object_name(name: str) -> MappedName:
     kept = [part for part in parts if part not in ("", ".")]
     if len(kept) != len(parts):
         changes.append("empty or '.' path components dropped")
+    return kept, changes
+
+
+def _components_problem(kept: list[str]) -> str | None:
+    """Why components that could mean something else on disk, or not fit it, are refused."""
     if ".." in kept:
-        return MappedName(name, None, "object name has a '..' path component")
+        return "object name has a '..' path component"
     if not kept:
-        return MappedName(name, None, "object name has no file name")
-    for part in kept:
-        if len(part.encode("utf-8")) > MAX_COMPONENT_BYTES:
-            return MappedName(
-                name, None, f"object name has a path component longer than {MAX_COMPONENT_BYTES} bytes"
-            )
+        return "object name has no file name"
+    if any(len(part.encode("utf-8")) > MAX_COMPONENT_BYTES for part in kept):
+        return f"object name has a path component longer than {MAX_COMPONENT_BYTES} bytes"
+    return None
+
+
+def _rename_csv_folders(kept: list[str], changes: list[str]) -> None:
+    """Rename folders named ``*.csv`` to ``*_csv``, in place.
+
+    Pachyderm's globs match folders too: /**.csv would make "x.csv/" a datum of its own, holding files that
+    are datums already, and the answering job would fail on the clash of their outputs.
+    """
     folders = [part for part in kept[:-1] if is_csv_name(part)]
     if folders:
-        # Pachyderm's globs match folders too: /**.csv would make "x.csv/" a datum of its own, holding files
-        # that are datums already, and the answering job would fail on the clash of their outputs.
         kept[:-1] = [part[:-4] + "_csv" if part in folders else part for part in kept[:-1]]
         changes.append(f"folder name(s) ending in .csv renamed to *_csv: {', '.join(map(repr, folders))}")
+
+
+def _lower_case_extension(kept: list[str], changes: list[str]) -> None:
+    """Write the file's ``.CSV`` extension (any case) as ``.csv``, in place.
+
+    The answering pipeline's glob (/**.csv) is case-sensitive, as Pachyderm's globs are: "x.CSV" must be saved
+    as "x.csv" or it would never become a datum.
+    """
     if is_csv_name(kept[-1]) and not kept[-1].endswith(CSV_SUFFIX):
-        # The answering pipeline's glob (/**.csv) is case-sensitive, as Pachyderm's globs are: "x.CSV" must be
-        # saved as "x.csv" or it would never become a datum.
         changes.append(f"extension {kept[-1][-4:]!r} written as '.csv'")
         kept[-1] = kept[-1][:-4] + CSV_SUFFIX
-    path = "/".join(kept)
+
+
+def _path_problem(path: str) -> str | None:
+    """Why the joined ``path`` is refused: too long for Linux, or (belt and braces) not plain and relative."""
     if len(path.encode("utf-8")) > MAX_PATH_BYTES:
-        return MappedName(name, None, f"object name is longer than {MAX_PATH_BYTES} bytes")
-    # Belt and braces: the joined path must stay relative and normalised.
+        return f"object name is longer than {MAX_PATH_BYTES} bytes"
     if posixpath.isabs(path) or posixpath.normpath(path) != path:
-        return MappedName(name, None, "object name does not map to a plain relative path")
-    return MappedName(name, path, "; ".join(changes) or None)
+        return "object name does not map to a plain relative path"
+    return None
 
 
 def resolve_inside(root: Path, relative: str) -> Path:

@@ -17,7 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from qa_answer.contract import LINK_OUTSIDE, MAX_PATH_BYTES, is_csv_name, links_outside, walk_csv
+from qa_answer.contract import (
+    LINK_OUTSIDE,
+    MAX_PATH_BYTES,
+    PATH_TOO_LONG,
+    FoundFile,
+    clipped_name,
+    is_csv_name,
+    links_outside,
+    walk_csv,
+)
 from qa_answer.errors import SourceError
 
 _DOWNLOAD_ATTEMPTS = 3
@@ -28,7 +37,9 @@ _NOT_A_FILE_ERRNOS = (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP)
 
 @dataclass(frozen=True)
 class SourceObject:
-    name: str  # relative to the source's prefix or folder; untrusted for GCS
+    #: relative to the source's prefix or folder; untrusted for GCS. For a refused path too long to show
+    #: whole, its :func:`~qa_answer.contract.clipped_name`
+    name: str
     size: int | None = None
     handle: Any = field(default=None, compare=False, repr=False)
     #: why the object is listed but must not be copied (e.g. a symlink leading out of the folder)
@@ -54,24 +65,26 @@ class LocalFolderSource:
 
     def list_csv(self) -> Iterator[SourceObject]:
         real_root = os.path.realpath(os.fsencode(self.root))
-        found = []
-        for file in walk_csv(real_root):
-            name = os.fsdecode(file.rel)
-            if len(os.fsencode(self.root / name)) >= MAX_PATH_BYTES:
-                continue  # fetch copies by path name, which cannot reach past PATH_MAX
-            try:
-                st = file.stat()
-            except OSError as exc:
-                if exc.errno in _NOT_A_FILE_ERRNOS:
-                    continue
-                raise
-            if not stat.S_ISREG(st.st_mode):
-                continue
-            if stat.S_ISLNK(file.stat(follow_symlinks=False).st_mode) and links_outside(real_root, file.path):
-                found.append(SourceObject(name, refused=LINK_OUTSIDE.format(folder="SOURCE")))
-                continue
-            found.append(SourceObject(name, st.st_size))
+        found = [obj for file in walk_csv(real_root) if (obj := self._listed(real_root, file)) is not None]
         yield from sorted(found, key=lambda obj: obj.name)
+
+    def _listed(self, real_root: bytes, file: FoundFile) -> SourceObject | None:
+        """What the listing says of ``file``: None where it is not a regular file (a link to nothing)."""
+        name = os.fsdecode(file.rel)
+        if len(os.fsencode(self.root / name)) >= MAX_PATH_BYTES:
+            # fetch copies by path name, which cannot reach past PATH_MAX; a name this long is logged clipped
+            return SourceObject(clipped_name(file.rel), refused=PATH_TOO_LONG)
+        try:
+            st = file.stat()
+        except OSError as exc:
+            if exc.errno in _NOT_A_FILE_ERRNOS:
+                return None
+            raise
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        if stat.S_ISLNK(file.stat(follow_symlinks=False).st_mode) and links_outside(real_root, file.path):
+            return SourceObject(name, refused=LINK_OUTSIDE.format(folder="SOURCE"))
+        return SourceObject(name, st.st_size)
 
     def fetch(self, obj: SourceObject, dest: Path) -> SourceObject | None:
         try:

@@ -152,6 +152,28 @@ def connect_params(settings: ConnectionSettings) -> Iterator[dict[str, str]]:
 
     The files and their folder are removed when the block ends, however it ends: open one connection a block.
     """
+    params = _plain_params(settings)
+    tmpdir: Path | None = None
+    try:
+        for key, var in _CERT_FIELDS:
+            value = getattr(settings, key)
+            if not value:
+                continue
+            given = _certificate(key, var, value)
+            if isinstance(given, str):
+                params[key] = given
+                continue
+            if tmpdir is None:
+                tmpdir = _private_folder(var)
+            params[key] = str(_write_private(tmpdir / key, var, given))
+        yield params
+    finally:
+        if tmpdir is not None:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _plain_params(settings: ConnectionSettings) -> dict[str, str]:
+    """The libpq keyword arguments that need no file: every setting given, and the extra options."""
     params: dict[str, str] = {"sslmode": settings.sslmode, "client_encoding": "UTF8"}
     for key in ("host", "dbname", "user", "password"):
         value = getattr(settings, key)
@@ -160,41 +182,47 @@ def connect_params(settings: ConnectionSettings) -> Iterator[dict[str, str]]:
     if settings.port:
         params["port"] = str(settings.port)
     params.update(dict(settings.options))
-    tmpdir: Path | None = None
+    return params
+
+
+def _certificate(key: str, var: str, value: str) -> str | bytes:
+    """What libpq gets for a certificate setting: a value to pass on (str), or content to write (bytes)."""
+    if key == "sslrootcert" and value == "system":  # libpq >= 16: the OS trust store
+        return value
+    content = pem_content(value)
+    if content is not None:
+        return content
+    path = _existing_file(value)
+    if path is None:
+        raise SettingsError(problem(var, value))
+    if key == "sslkey" and path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return path.read_bytes()  # libpq refuses a key that others can read: it gets a private copy
+    return str(path)
+
+
+def _private_folder(var: str) -> Path:
+    """A new folder only this user can enter (mode 0700) for the certificate files, ``var`` first."""
     try:
-        for key, var in _CERT_FIELDS:
-            value = getattr(settings, key)
-            if not value:
-                continue
-            if key == "sslrootcert" and value == "system":  # libpq >= 16: the OS trust store
-                params[key] = value
-                continue
-            content = pem_content(value)
-            path = _existing_file(value) if content is None else None
-            if content is None and path is None:
-                raise SettingsError(problem(var, value))
-            needs_copy = content is not None or (
-                key == "sslkey" and path is not None and path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO)
-            )
-            if not needs_copy:
-                params[key] = str(path)
-                continue
-            data = content if content is not None else path.read_bytes()  # type: ignore[union-attr]
-            try:
-                if tmpdir is None:
-                    tmpdir = Path(tempfile.mkdtemp(prefix="pg-load-ssl-"))  # mode 0700
-                target = tmpdir / key
-                fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-            except OSError as exc:
-                raise OSError(
-                    exc.errno,
-                    f"cannot write {var}'s content to a private temporary file under "
-                    f"{tempfile.gettempdir()} (TMPDIR): {exc.strerror}",
-                ) from None
-            params[key] = str(target)
-        yield params
-    finally:
-        if tmpdir is not None:
-            shutil.rmtree(tmpdir, ignore_errors=True)
+        return Path(tempfile.mkdtemp(prefix="pg-load-ssl-"))
+    except OSError as exc:
+        raise _cannot_write(var, exc) from None
+
+
+def _write_private(target: Path, var: str, data: bytes) -> Path:
+    """``data`` in the new file ``target``, readable by this user only (mode 0600)."""
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+    except OSError as exc:
+        raise _cannot_write(var, exc) from None
+    return target
+
+
+def _cannot_write(var: str, exc: OSError) -> OSError:
+    """The error for content of ``var`` that cannot be written: names TMPDIR, never quotes the content."""
+    return OSError(
+        exc.errno,
+        f"cannot write {var}'s content to a private temporary file under "
+        f"{tempfile.gettempdir()} (TMPDIR): {exc.strerror}",
+    )

@@ -20,6 +20,7 @@ from qa_answer.contract import (
     LONE_FILE_HINT,
     MAX_PATH_BYTES,
     REJECTED_DIR,
+    clipped_name,
     walk_csv,
 )
 
@@ -90,6 +91,17 @@ def digest(answers: bytes | None, rejected: bytes | None) -> str:
 def scan(in_dir: Path) -> dict[str, Source]:
     """Every source under ``in_dir`` by source_file (sorted); digests come later, only where needed."""
     folders = {name: in_dir / name for name in (ANSWERS_DIR, REJECTED_DIR)}
+    _check_is_output(in_dir, folders)
+    found: dict[str, dict[str, tuple[Path, tuple[int, int]]]] = {}
+    for name, folder in folders.items():
+        for path, rel, stamp in _csv_files(folder):
+            found.setdefault(rel, {})[name] = (path, stamp)
+    _refuse_unpaired(in_dir, found)
+    return {rel: _source(rel, found[rel]) for rel in sorted(found)}
+
+
+def _check_is_output(in_dir: Path, folders: dict[str, Path]) -> None:
+    """Refuse a folder that is not a whole answering output: mirroring it would delete rows from Postgres."""
     if not in_dir.is_dir():
         raise InputError(f"{in_dir}: no such directory")
     present = [name for name, folder in folders.items() if folder.is_dir()]
@@ -104,54 +116,60 @@ def scan(in_dir: Path) -> dict[str, Source]:
         raise InputError(
             f"{in_dir}: has {present[0]}/ but no {missing}/ (qa-answer writes both): incomplete output?"
         )
-    found: dict[str, dict[str, tuple[Path, tuple[int, int]]]] = {}
-    for name, folder in folders.items():
-        for path, rel, stamp in _csv_files(folder):
-            found.setdefault(rel, {})[name] = (path, stamp)
+
+
+def _refuse_unpaired(in_dir: Path, found: Mapping[str, Mapping[str, object]]) -> None:
+    """Refuse a source with only one of its two files.
+
+    qa-answer writes both files of a source (a header-only one when there are no rows) and swaps them in as a
+    pair, so a lone file is a partial output: loading it would delete the missing file's rows, or (beside an
+    older partner) put one input row in both tables.
+    """
     unpaired = [
         f"{name}/{rel}"
         for rel in sorted(found)
-        for name in folders
+        for name in (ANSWERS_DIR, REJECTED_DIR)
         if name in found[rel] and len(found[rel]) == 1
     ]
     if unpaired:
-        # qa-answer writes both files of a source (a header-only one when there are no rows) and swaps them in
-        # as a pair, so a lone file is a partial output: loading it would delete the missing file's rows, or
-        # (beside an older partner) put one input row in both tables.
         shown = ", ".join(unpaired[:3]) + (f" and {len(unpaired) - 3} more" if len(unpaired) > 3 else "")
         raise InputError(
             f"{in_dir}: {shown} without the matching {ANSWERS_DIR}/ or {REJECTED_DIR}/ file: {LONE_FILE_HINT}"
         )
-    sources = {}
-    for rel in sorted(found):
-        answers, rejected = found[rel].get(ANSWERS_DIR), found[rel].get(REJECTED_DIR)
-        sources[rel] = Source(
-            rel,
-            answers[0] if answers else None,
-            rejected[0] if rejected else None,
-            (answers[1] if answers else None, rejected[1] if rejected else None),
-        )
-    return sources
+
+
+def _source(rel: str, files: Mapping[str, tuple[Path, tuple[int, int]]]) -> Source:
+    """The source ``rel`` from the (path, stamp) of each of its files found, by folder."""
+    answers, rejected = files.get(ANSWERS_DIR), files.get(REJECTED_DIR)
+    return Source(
+        rel,
+        answers[0] if answers else None,
+        rejected[0] if rejected else None,
+        (answers[1] if answers else None, rejected[1] if rejected else None),
+    )
 
 
 def _csv_files(folder: Path) -> Iterator[tuple[Path, str, tuple[int, int]]]:
     """(path, posix path relative to ``folder``, stamp) of every regular ``*.csv`` file below it (any case).
 
     One stat per file (the walk's directory entries already tell files from folders), so scanning thousands
-    of files stays cheap; symlinked folders are not entered, file links are followed. A path over PATH_MAX
-    is left out: the load reads files by path name, which cannot reach it (qa-answer never writes one).
+    of files stays cheap; symlinked folders are not entered, file links are followed. A ``*.csv`` path over
+    PATH_MAX is refused (see :func:`_refuse_long_path`); any other file is ignored with a warning.
     """
 
     def ignore(rel: bytes) -> None:
         path = folder / os.fsdecode(rel)
         if len(os.fsencode(path)) < MAX_PATH_BYTES:
             log.warning("ignoring %s: not a .csv file", path)
+        else:  # e.g. a temporary file a killed qa-answer run left beside a long output name
+            shown = clipped_name(rel)
+            log.warning("ignoring %r under %s (its path is over PATH_MAX): not a .csv file", shown, folder)
 
     for file in walk_csv(folder, other=ignore):
         rel = os.fsdecode(file.rel)
         path = folder / rel
         if len(os.fsencode(path)) >= MAX_PATH_BYTES:
-            continue
+            _refuse_long_path(folder, file.rel)
         try:
             st = file.stat()
         except FileNotFoundError:  # a dangling link
@@ -159,6 +177,19 @@ def _csv_files(folder: Path) -> Iterator[tuple[Path, str, tuple[int, int]]]:
         if stat.S_ISREG(st.st_mode):
             _check_name(folder, rel)
             yield path, rel, (st.st_size, st.st_mtime_ns)
+
+
+def _refuse_long_path(folder: Path, rel: bytes) -> None:
+    """Refuse a file whose path reaches PATH_MAX, naming it by its clipped stand-in (escaped).
+
+    The load reads files by path name, which cannot reach it, and qa-answer never writes such a path (it files
+    that input under a short stand-in), so the folder is not qa-answer's output.
+    """
+    raise InputError(
+        f"{folder.name}/ holds a file whose path is longer than PATH_MAX ({MAX_PATH_BYTES} bytes), "
+        f"{clipped_name(rel)!r} for short: qa-answer never writes such paths (it files such an input under "
+        "a short stand-in name); is IN_DIR the answering step's output?"
+    )
 
 
 def _check_name(folder: Path, rel: str) -> None:
