@@ -8,37 +8,8 @@ import json
 import struct
 from pathlib import Path
 
-import pytest
-from pachyderm_local.cli import main
+from fixtures_runner import make_files, write_spec
 from pachyderm_local.store import Store
-
-
-@pytest.fixture
-def pl(tmp_path, capsys):
-    """Run the CLI in-process against a fresh root; returns (exit code, stdout, stderr)."""
-    root = tmp_path / "root"
-
-    def call(*argv: str) -> tuple[int, str, str]:
-        code = main(["--root", str(root), *argv])
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
-    call.root = root  # type: ignore[attr-defined]
-    return call
-
-
-def write_spec(folder: Path, name: str, input_: dict, script: str, **extra) -> str:
-    spec = {"pipeline": {"name": name}, "input": input_, "transform": {"cmd": ["sh", "-c", script]}, **extra}
-    path = folder / f"{name}.json"
-    path.write_text(json.dumps(spec))
-    return str(path)
-
-
-def make_files(folder: Path, files: dict[str, str]) -> Path:
-    for rel, text in files.items():
-        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
-        (folder / rel).write_text(text)
-    return folder
 
 
 def test_put_file_stores_identical_content_once_and_commits_full_snapshots(pl, tmp_path):

@@ -13,7 +13,6 @@ import re
 from pathlib import Path
 
 import pytest
-from pachyderm_local.cli import main
 from pachyderm_local.cron_spec import CronSpecError, validate_cron_spec
 from pachyderm_local.datums import CommitView, plan_datums
 from pachyderm_local.globs import GlobError, check_glob, expand_glob, glob_matches
@@ -288,19 +287,6 @@ def test_globs_ohmyglob_cannot_compile_are_refused(bad):
 
 
 # -- list-datum, cron ticks, datum ids ---------------------------------------------------------------
-
-
-@pytest.fixture
-def pl(tmp_path, capsys):
-    root = tmp_path / "root"
-
-    def call(*argv: str) -> tuple[int, str, str]:
-        code = main(["--root", str(root), *argv])
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
-    call.root = root  # type: ignore[attr-defined]
-    return call
 
 
 def test_list_datum_shows_the_datums_of_a_spec_without_running_it(pl, tmp_path):

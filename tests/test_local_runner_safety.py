@@ -13,29 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from pachyderm_local.cli import DISK_FULL_FAULT_ENV, main
+from fixtures_runner import write_spec
+from pachyderm_local.cli import DISK_FULL_FAULT_ENV
 from pachyderm_local.store import Store
-
-
-@pytest.fixture
-def pl(tmp_path, capsys):
-    """Run the CLI in-process against a fresh root; returns (exit code, stdout, stderr)."""
-    root = tmp_path / "root"
-
-    def call(*argv: str) -> tuple[int, str, str]:
-        code = main(["--root", str(root), *argv])
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
-    call.root = root  # type: ignore[attr-defined]
-    return call
-
-
-def write_spec(folder: Path, name: str, input_: dict, script: str, **extra) -> str:
-    spec = {"pipeline": {"name": name}, "input": input_, "transform": {"cmd": ["sh", "-c", script]}, **extra}
-    path = folder / f"{name}.json"
-    path.write_text(json.dumps(spec))
-    return str(path)
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
