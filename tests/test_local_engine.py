@@ -5,9 +5,11 @@ Running the images themselves: tests/test_images.py (make image-test)."""
 from __future__ import annotations
 
 import socket
+import sys
 from pathlib import Path
 
 import pytest
+from pachyderm_local.datums import Datum, DatumInput
 from pachyderm_local.engine import (
     ContainerEngine,
     build_parser,
@@ -15,8 +17,11 @@ from pachyderm_local.engine import (
     engine_from_flags,
     open_for_image_user,
 )
+from pachyderm_local.envs import LocalEnv
 from pachyderm_local.pathmap import PathMap
+from pachyderm_local.runner import Runner, RunSettings
 from pachyderm_local.spec import parse_spec
+from pachyderm_local.store import Store
 
 SPEC = {
     "pipeline": {"name": "load"},
@@ -172,3 +177,16 @@ def test_engine_flags_are_checked(engine, networks, error, monkeypatch):
 
 def test_no_engine_flag_means_the_host():
     assert engine_from_flags(None, "local", []) is None
+
+
+@pytest.mark.parametrize("engine", [None, ContainerEngine()])
+def test_pfs_env_names_paths_where_the_user_code_sees_them(engine, tmp_path):
+    """``/pfs/.env`` is how batched code learns its datum: inside a container its paths must be /pfs's."""
+    runner = Runner(
+        Store(tmp_path / "root"), LocalEnv(process={}), RunSettings(engine=engine), sys.stderr, None
+    )
+    datum = Datum((DatumInput("questions", "raw", "c1", "/a.csv", ()),))
+    pfs = tmp_path / "sandbox" / "pfs"
+    runner.lay_out("job1", pfs, datum)
+    seen = "/pfs" if engine is not None else str(pfs)
+    assert f"questions={seen}/questions/a.csv\n" in (pfs / ".env").read_text()

@@ -364,9 +364,11 @@ class Runner:
 
     # -- one datum -------------------------------------------------------------------------------
     def lay_out(self, job_id: str, pfs: Path, datum: Datum | None) -> None:
-        """The one builder of a datum's sandbox ``pfs`` (see sandbox.lay_out)."""
+        """The one builder of a datum's sandbox ``pfs`` (see sandbox.lay_out); in a container the user code
+        sees it at ``/pfs``."""
+        seen_as = Path("/pfs") if self.settings.engine is not None else None
         with disk_full_is_a_job_failure("laying out a datum's sandbox"):
-            lay_out(self.store, pfs, job_id, datum)
+            lay_out(self.store, pfs, job_id, datum, seen_as)
 
     def datum_command(
         self,

@@ -18,9 +18,10 @@ from .spec import PipelineSpec
 from .store import Store
 
 
-def lay_out(store: Store, pfs: Path, job_id: str, datum: Datum | None) -> None:
+def lay_out(store: Store, pfs: Path, job_id: str, datum: Datum | None, seen_as: Path | None = None) -> None:
     """A fresh ``pfs`` with an empty ``out/``; with a datum, also its ``<input>`` folders and ``.env``
-    (a batching worker starts its user code before its first datum: ``datum`` None)."""
+    (a batching worker starts its user code before its first datum: ``datum`` None). ``seen_as`` is where
+    the user code sees ``pfs`` (``/pfs`` inside a container), for the paths written into ``.env``."""
     shutil.rmtree(pfs, ignore_errors=True)
     (pfs / "out").mkdir(parents=True)
     if datum is None:
@@ -30,7 +31,7 @@ def lay_out(store: Store, pfs: Path, job_id: str, datum: Datum | None) -> None:
         for rel, sha in item.files:
             # Commits hold validated paths; checked again so a hand-edited store cannot escape /pfs.
             store.materialize(sha, pfs / item.name / validate_file_path(rel))
-    write_env_file(pfs, job_id, datum)
+    write_env_file(pfs, job_id, datum, seen_as or pfs)
 
 
 def datum_variables(datum: Datum, pfs: Path) -> dict[str, str]:
@@ -42,11 +43,11 @@ def datum_variables(datum: Datum, pfs: Path) -> dict[str, str]:
     return env
 
 
-def write_env_file(pfs: Path, job_id: str, datum: Datum) -> None:
+def write_env_file(pfs: Path, job_id: str, datum: Datum, seen_as: Path) -> None:
     """``/pfs/.env`` (Pachyderm >= 2.6 writes one per datum): the only place batched user code finds the
     current datum's variables. Locally it holds Pachyderm's variables only, never the process environment
     or secrets (Pachyderm writes its whole environment there)."""
-    variables = {"PACH_JOB_ID": job_id, "PACH_OUTPUT_COMMIT_ID": job_id, **datum_variables(datum, pfs)}
+    variables = {"PACH_JOB_ID": job_id, "PACH_OUTPUT_COMMIT_ID": job_id, **datum_variables(datum, seen_as)}
     (pfs / ".env").write_text("".join(f"{k}={v}\n" for k, v in variables.items()), encoding="utf-8")
 
 
