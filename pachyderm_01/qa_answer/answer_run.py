@@ -143,8 +143,7 @@ def _unreadable_because(top: bytes, file: FoundFile) -> str | None:
     if len(file.path) >= MAX_PATH_BYTES:
         return PATH_TOO_LONG
     try:
-        st = file.stat()
-        linked = stat.S_ISLNK(file.stat(follow_symlinks=False).st_mode)
+        st, linked = file.stat_and_link()
     except OSError as exc:
         return f"cannot open the file: {exc.strerror}"  # e.g. a symlink to nothing
     if stat.S_ISDIR(st.st_mode):

@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import os
+import stat
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -97,6 +98,13 @@ class FoundFile:
 
     def stat(self, follow_symlinks: bool = True) -> os.stat_result:
         return os.stat(self.name, dir_fd=self.folder_fd, follow_symlinks=follow_symlinks)
+
+    def stat_and_link(self) -> tuple[os.stat_result, bool]:
+        """The file's status through a symlink, and whether the name is one: a plain file costs one call."""
+        st = self.stat(follow_symlinks=False)
+        if not stat.S_ISLNK(st.st_mode):
+            return st, False
+        return self.stat(), True
 
 
 def walk_csv(

@@ -75,14 +75,14 @@ class LocalFolderSource:
             # fetch copies by path name, which cannot reach past PATH_MAX; a name this long is logged clipped
             return SourceObject(clipped_name(file.rel), refused=PATH_TOO_LONG)
         try:
-            st = file.stat()
+            st, linked = file.stat_and_link()
         except OSError as exc:
             if exc.errno in _NOT_A_FILE_ERRNOS:
                 return None
             raise
         if not stat.S_ISREG(st.st_mode):
             return None
-        if stat.S_ISLNK(file.stat(follow_symlinks=False).st_mode) and links_outside(real_root, file.path):
+        if linked and links_outside(real_root, file.path):
             return SourceObject(name, refused=LINK_OUTSIDE.format(folder="SOURCE"))
         return SourceObject(name, st.st_size)
 
