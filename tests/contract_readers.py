@@ -8,9 +8,26 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TextIO
 
-from qa_answer.contract import ANSWER_COLUMNS, REJECTED_COLUMNS, AnswerRow, RejectedRow
+from qa_answer.contract import (
+    ANSWER_COLUMNS,
+    ANSWERS_DIR,
+    REJECTED_COLUMNS,
+    REJECTED_DIR,
+    AnswerRow,
+    RejectedRow,
+)
+
+
+def read_outputs(out: Path, relative: str) -> tuple[list[AnswerRow], list[RejectedRow]]:
+    """The rows of the answers/ and rejected/ files of the input ``relative`` under ``out``."""
+    with (out / ANSWERS_DIR / relative).open(encoding="utf-8", newline="") as stream:
+        answers = list(read_answers(stream))
+    with (out / REJECTED_DIR / relative).open(encoding="utf-8", newline="") as stream:
+        rejected = list(read_rejected(stream))
+    return answers, rejected
 
 
 def read_answers(stream: TextIO) -> Iterator[AnswerRow]:

@@ -13,7 +13,7 @@ import termios
 from pathlib import Path
 
 import pytest
-from contract_readers import read_answers, read_rejected
+from contract_readers import read_outputs
 from qa_answer.answer_run import answer_folder
 from qa_answer.cli import main
 from qa_answer.contract import ANSWER_COLUMNS, REJECTED_COLUMNS
@@ -61,14 +61,6 @@ def in_dir(tmp_path: Path) -> Path:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(data)
     return root
-
-
-def read_outputs(out: Path, relative: str):
-    with (out / "answers" / relative).open(encoding="utf-8", newline="") as stream:
-        answers = list(read_answers(stream))
-    with (out / "rejected" / relative).open(encoding="utf-8", newline="") as stream:
-        rejected = list(read_rejected(stream))
-    return answers, rejected
 
 
 def all_files(root: Path) -> list[str]:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from contract_readers import read_answers, read_rejected
+from contract_readers import read_outputs
 from deep_paths import deep_file
 from qa_answer.answer_run import answer_folder
 from qa_answer.cli import EXIT_REJECTED, main
@@ -18,16 +18,8 @@ from qa_answer.sources import LocalFolderSource
 GOOD = "question,context\nWhere is Paris?,Paris is in France.\n"
 
 
-def outputs(out: Path, relative: str):
-    with (out / "answers" / relative).open(encoding="utf-8", newline="") as stream:
-        answers = list(read_answers(stream))
-    with (out / "rejected" / relative).open(encoding="utf-8", newline="") as stream:
-        rejected = list(read_rejected(stream))
-    return answers, rejected
-
-
 def file_rejection(out: Path, relative: str) -> tuple[str, str, int, str, str]:
-    answers, rejected = outputs(out, relative)
+    answers, rejected = read_outputs(out, relative)
     assert answers == []
     [row] = rejected
     return relative, row.source_file, row.row_number, row.error, row.raw
@@ -58,7 +50,7 @@ def test_a_file_name_that_is_not_utf8_is_an_unreadable_file_filed_under_its_esca
         "the file name is not valid UTF-8: rename the file",
         "lat\\xe9.csv",
     )
-    assert len(outputs(out, "ok.csv")[0]) == 1
+    assert len(read_outputs(out, "ok.csv")[0]) == 1
 
 
 def test_an_escaped_name_taken_by_a_real_input_gets_a_distinct_stand_in(tmp_path, tiny_qa_model):
@@ -68,7 +60,7 @@ def test_an_escaped_name_taken_by_a_real_input_gets_a_distinct_stand_in(tmp_path
     write_raw(in_dir, b"lat\xe9.csv")
     summary = answer_folder(in_dir, out, tiny_qa_model, chunk_rows=8)
     assert (summary.files, summary.unreadable_files, summary.answered) == (2, 1, 1)
-    assert len(outputs(out, "lat\\xe9.csv")[0]) == 1
+    assert len(read_outputs(out, "lat\\xe9.csv")[0]) == 1
     [stand_in] = [p.name for p in (out / "rejected").iterdir() if p.name != "lat\\xe9.csv"]
     assert stand_in.startswith("lat\\xe9.csv...") and stand_in.endswith(".csv")
     assert file_rejection(out, stand_in)[3] == "the file name is not valid UTF-8: rename the file"
@@ -117,7 +109,7 @@ def test_a_file_that_vanishes_mid_run_is_one_rejection_and_later_files_are_answe
         "cannot open the file: No such file or directory",
         "b.csv",
     )
-    assert len(outputs(out, "c.csv")[0]) == 1
+    assert len(read_outputs(out, "c.csv")[0]) == 1
 
 
 def test_a_file_that_cannot_be_opened_is_one_rejection_and_the_run_goes_on(tmp_path, tiny_qa_model_dir):
@@ -162,7 +154,7 @@ def test_answer_follows_in_dir_s_own_link_and_links_inside_but_refuses_links_lea
     out = tmp_path / "out"
     summary = answer_folder(in_dir, out, tiny_qa_model, chunk_rows=8)
     assert (summary.files, summary.unreadable_files, summary.answered) == (3, 1, 2)
-    assert len(outputs(out, "inside.csv")[0]) == 1 and len(outputs(out, "sub/a.csv")[0]) == 1
+    assert len(read_outputs(out, "inside.csv")[0]) == 1 and len(read_outputs(out, "sub/a.csv")[0]) == 1
     assert file_rejection(out, "escape.csv") == (
         "escape.csv",
         "escape.csv",
@@ -192,13 +184,13 @@ def test_an_oversized_record_is_rejected_by_the_configured_limit_and_the_run_goe
     (in_dir / "x.csv").write_text(f"question,context\nWhere?,{big}\nWhere is Paris?,Paris is in France.\n")
     argv = ["answer", str(in_dir), str(out), "--model", str(tiny_qa_model_dir)]
     assert main(argv, env={"QA_MAX_RECORD_BYTES": "1000"}) == 0
-    answers, rejected = outputs(out, "x.csv")
+    answers, rejected = read_outputs(out, "x.csv")
     assert [a.row_number for a in answers] == [2]
     assert [(r.row_number, r.error) for r in rejected] == [
         (1, "record too large: over 1000 bytes (the limit is QA_MAX_RECORD_BYTES)")
     ]
     assert main([*argv, "--max-record-bytes", "10000"], env={"QA_MAX_RECORD_BYTES": "1000"}) == 0  # flag wins
-    assert [a.row_number for a in outputs(out, "x.csv")[0]] == [1, 2]
+    assert [a.row_number for a in read_outputs(out, "x.csv")[0]] == [1, 2]
     capsys.readouterr()
     assert main([*argv, "--max-record-bytes", "0"]) == 1
     assert capsys.readouterr().err == (

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from contract_readers import read_answers, read_rejected
+from contract_readers import read_outputs, read_rejected
 from pg_load.cli import main as pg_load_main
 from qa_answer.answer_run import answer_folder
 
@@ -32,11 +32,8 @@ def qa_answer(in_dir: Path, out: Path, model: Path, fault: str | None = None) ->
 
 
 def rows_of(out: Path, relative: str) -> tuple[list[int], list[int]]:
-    with (out / "answers" / relative).open(encoding="utf-8", newline="") as stream:
-        answered = [a.row_number for a in read_answers(stream)]
-    with (out / "rejected" / relative).open(encoding="utf-8", newline="") as stream:
-        rejected = [r.row_number for r in read_rejected(stream)]
-    return answered, rejected
+    answers, rejected = read_outputs(out, relative)
+    return [a.row_number for a in answers], [r.row_number for r in rejected]
 
 
 def all_files(root: Path) -> list[str]:
