@@ -23,13 +23,11 @@ from psycopg2.extras import execute_values
 from pg_load import sql
 from pg_load.diagnose import check_header, copy_error, describe_db_error
 from pg_load.migrate import CREATES_TABLES, migrate
-from pg_load.plan import Plan, Source, diff, frame
+from pg_load.plan import CHUNK, Plan, Source, diff, frame
 
 log = logging.getLogger("pg_load")
 
 TABLES = (sql.ANSWERS, sql.REJECTED)
-#: bytes per read handed to COPY (and to sha256): memory stays at one chunk whatever the file size
-CHUNK = 1 << 20
 
 #: SQLSTATE of a duplicate key
 UNIQUE_VIOLATION = "23505"
@@ -190,7 +188,7 @@ class PostgresAnswerStore:
             cur.execute(sql.SELECT_SOURCES)
             loaded = dict(cur.fetchall())
             # Only sources qa_sources knows need a digest now; new ones are hashed as they stream into COPY.
-            digests = {name: _digest(s) for name, s in sources.items() if name in loaded}
+            digests = {name: s.read_digest() for name, s in sources.items() if name in loaded}
             plan = diff({name: digests.get(name) for name in sources}, loaded)
             if plan.is_noop and not applied:
                 conn.rollback()  # nothing written: the transaction only read
@@ -349,15 +347,3 @@ class _HashingReader:
         self._h.update(chunk)
         self.size += len(chunk)
         return chunk
-
-
-def _digest(source: Source) -> str:
-    """The source's sha256 as _copy_source computes it (pg_load.plan.digest's framing), streamed in chunks."""
-    h = hashlib.sha256()
-    for (kind, path), stamp in zip(source.files(), source.stamp, strict=True):
-        h.update(frame(kind, stamp[0] if stamp else None))
-        if path is not None:
-            with path.open("rb") as fh:
-                while chunk := fh.read(CHUNK):
-                    h.update(chunk)
-    return h.hexdigest()
