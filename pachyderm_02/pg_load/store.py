@@ -301,7 +301,7 @@ class PostgresAnswerStore:
                 cur.execute(sql.upsert_from_stage(table))
                 written += cur.rowcount
         if plan.deleted:
-            cur.execute(sql.DELETE_SOURCES, (list(plan.deleted),))
+            cur.execute(sql.delete_sources(sql.SOURCES), (list(plan.deleted),))
         if plan.to_write:
             rows = [
                 (name, digests[name], *counts[name], provenance.pach_job_id, provenance.input_commit)
