@@ -85,12 +85,16 @@ class RetryPolicy:
 @dataclass(frozen=True)
 class LoadResult:
     plan: Plan
-    rows_read: int = 0  # data rows of the added/replaced sources (answers + rejected)
     rows_written: int = 0  # rows inserted, updated or deleted in qa_answers + qa_rejected
     answer_rows: int = 0
     rejected_rows: int = 0
     attempts: int = 1
     migrations: tuple[str, ...] = field(default=())
+
+    @property
+    def rows_read(self) -> int:
+        """Data rows of the added/replaced sources (answers + rejected)."""
+        return self.answer_rows + self.rejected_rows
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -202,7 +206,7 @@ class PostgresAnswerStore:
             conn.close()
         answers = sum(a for a, _ in counts.values())
         rejected = sum(r for _, r in counts.values())
-        return LoadResult(plan, answers + rejected, written, answers, rejected, attempt, applied)
+        return LoadResult(plan, written, answers, rejected, attempt, applied)
 
     def _write(
         self,
