@@ -96,7 +96,7 @@ b64_file() {
     base64 <"$1" | tr -d '\n'
 }
 
-# b64_value: base64 of stdin on one line (callers pipe a builtin printf into it).
+# b64_stdin: base64 of stdin on one line (callers pipe a builtin printf into it).
 b64_stdin() {
     base64 | tr -d '\n'
 }

@@ -6,6 +6,11 @@ import pytest
 from pg_load.settings import ConnectionSettings, LoadSettings, SettingsError, redact
 
 
+def fields(s: ConnectionSettings) -> tuple[object, ...]:
+    """The settings both sources of configuration fill, in one tuple to compare."""
+    return s.host, s.port, s.dbname, s.user, s.password, s.sslmode
+
+
 def test_settings_from_pg_variables_default_to_verify_full():
     env = {
         "PG_HOST": "db.example",
@@ -15,14 +20,7 @@ def test_settings_from_pg_variables_default_to_verify_full():
         "PG_PASSWORD": "pw1",
     }
     s = ConnectionSettings.from_env(env)
-    assert (s.host, s.port, s.dbname, s.user, s.password, s.sslmode) == (
-        "db.example",
-        6543,
-        "qa",
-        "loader",
-        "pw1",
-        "verify-full",
-    )
+    assert fields(s) == ("db.example", 6543, "qa", "loader", "pw1", "verify-full")
     assert "pw1" not in repr(s) and "pw1" not in s.describe()
     assert s.describe() == "loader@db.example:6543/qa (sslmode=verify-full)"
 
@@ -33,14 +31,7 @@ def test_settings_database_url_with_pg_variables_overriding():
         "PG_HOST": "h2",
     }
     s = ConnectionSettings.from_env(env)
-    assert (s.host, s.port, s.dbname, s.user, s.password, s.sslmode) == (
-        "h2",
-        5433,
-        "d1",
-        "u",
-        "p@ss",
-        "require",
-    )
+    assert fields(s) == ("h2", 5433, "d1", "u", "p@ss", "require")
     assert s.options == (("connect_timeout", "7"),)
 
 

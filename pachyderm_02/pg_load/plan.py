@@ -26,6 +26,9 @@ from qa_answer.contract import (
 
 log = logging.getLogger("pg_load")
 
+#: bytes per read when a file is hashed or handed to COPY: memory stays at one chunk whatever the file size
+CHUNK = 1 << 20
+
 
 class InputError(ValueError):
     """IN_DIR is not an answering step's output."""
@@ -45,16 +48,16 @@ class Source:
     def unchanged_since_scan(self) -> bool:
         return (file_stamp(self.answers), file_stamp(self.rejected)) == self.stamp
 
-    def read_files(self) -> tuple[bytes | None, bytes | None]:
-        """Both files' bytes (None where absent)."""
-        return (
-            self.answers.read_bytes() if self.answers else None,
-            self.rejected.read_bytes() if self.rejected else None,
-        )
-
     def read_digest(self) -> str:
-        """The source's sha256 (see :func:`digest`), reading both files."""
-        return digest(*self.read_files())
+        """The source's sha256 (see :func:`digest`), both files streamed in CHUNK reads."""
+        h = hashlib.sha256()
+        for (name, path), stamp in zip(self.files(), self.stamp, strict=True):
+            h.update(frame(name, stamp[0] if stamp else None))
+            if path is not None:
+                with path.open("rb") as fh:
+                    while chunk := fh.read(CHUNK):
+                        h.update(chunk)
+        return h.hexdigest()
 
 
 @dataclass(frozen=True)

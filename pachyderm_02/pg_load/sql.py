@@ -28,7 +28,6 @@ CREATE_MIGRATIONS = (
 SELECT_MIGRATIONS = f"SELECT version FROM {MIGRATIONS}"
 INSERT_MIGRATION = f"INSERT INTO {MIGRATIONS} (version) VALUES (%s)"
 SELECT_SOURCES = f"SELECT source_file, sha256 FROM {SOURCES}"
-DELETE_SOURCES = f"DELETE FROM {SOURCES} WHERE source_file = ANY(%s)"
 UPSERT_SOURCES = (
     f"INSERT INTO {SOURCES} (source_file, sha256, answer_rows, rejected_rows, pach_job_id, input_commit) "
     "VALUES %s ON CONFLICT (source_file) DO UPDATE SET sha256 = EXCLUDED.sha256, "

@@ -23,13 +23,11 @@ from psycopg2.extras import execute_values
 from pg_load import sql
 from pg_load.diagnose import check_header, copy_error, describe_db_error
 from pg_load.migrate import CREATES_TABLES, migrate
-from pg_load.plan import Plan, Source, diff, frame
+from pg_load.plan import CHUNK, Plan, Source, diff, frame
 
 log = logging.getLogger("pg_load")
 
 TABLES = (sql.ANSWERS, sql.REJECTED)
-#: bytes per read handed to COPY (and to sha256): memory stays at one chunk whatever the file size
-CHUNK = 1 << 20
 
 #: SQLSTATE of a duplicate key
 UNIQUE_VIOLATION = "23505"
@@ -87,12 +85,16 @@ class RetryPolicy:
 @dataclass(frozen=True)
 class LoadResult:
     plan: Plan
-    rows_read: int = 0  # data rows of the added/replaced sources (answers + rejected)
     rows_written: int = 0  # rows inserted, updated or deleted in qa_answers + qa_rejected
     answer_rows: int = 0
     rejected_rows: int = 0
     attempts: int = 1
     migrations: tuple[str, ...] = field(default=())
+
+    @property
+    def rows_read(self) -> int:
+        """Data rows of the added/replaced sources (answers + rejected)."""
+        return self.answer_rows + self.rejected_rows
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -190,7 +192,7 @@ class PostgresAnswerStore:
             cur.execute(sql.SELECT_SOURCES)
             loaded = dict(cur.fetchall())
             # Only sources qa_sources knows need a digest now; new ones are hashed as they stream into COPY.
-            digests = {name: _digest(s) for name, s in sources.items() if name in loaded}
+            digests = {name: s.read_digest() for name, s in sources.items() if name in loaded}
             plan = diff({name: digests.get(name) for name in sources}, loaded)
             if plan.is_noop and not applied:
                 conn.rollback()  # nothing written: the transaction only read
@@ -204,7 +206,7 @@ class PostgresAnswerStore:
             conn.close()
         answers = sum(a for a, _ in counts.values())
         rejected = sum(r for _, r in counts.values())
-        return LoadResult(plan, answers + rejected, written, answers, rejected, attempt, applied)
+        return LoadResult(plan, written, answers, rejected, attempt, applied)
 
     def _write(
         self,
@@ -303,7 +305,7 @@ class PostgresAnswerStore:
                 cur.execute(sql.upsert_from_stage(table))
                 written += cur.rowcount
         if plan.deleted:
-            cur.execute(sql.DELETE_SOURCES, (list(plan.deleted),))
+            cur.execute(sql.delete_sources(sql.SOURCES), (list(plan.deleted),))
         if plan.to_write:
             rows = [
                 (name, digests[name], *counts[name], provenance.pach_job_id, provenance.input_commit)
@@ -349,15 +351,3 @@ class _HashingReader:
         self._h.update(chunk)
         self.size += len(chunk)
         return chunk
-
-
-def _digest(source: Source) -> str:
-    """The source's sha256 as _copy_source computes it (pg_load.plan.digest's framing), streamed in chunks."""
-    h = hashlib.sha256()
-    for (kind, path), stamp in zip(source.files(), source.stamp, strict=True):
-        h.update(frame(kind, stamp[0] if stamp else None))
-        if path is not None:
-            with path.open("rb") as fh:
-                while chunk := fh.read(CHUNK):
-                    h.update(chunk)
-    return h.hexdigest()
