@@ -91,10 +91,7 @@ def test_put_file_cleans_a_path_as_pachyderm_does(pl, tmp_path):
 
 
 def test_put_file_of_a_folder_refuses_a_file_name_with_glob_characters(pl, tmp_path):
-    (tmp_path / "src").mkdir()
-    (tmp_path / "src" / "ok.csv").write_text("1")
-    (tmp_path / "src" / "what?.csv").write_text("2")
-    code, _, err = pl("put-file", "raw", str(tmp_path / "src"))
+    code, _, err = pl("put-file", "raw", str(make_files(tmp_path / "src", {"ok.csv": "1", "what?.csv": "2"})))
     assert code == 2 and "what?.csv" in err and "globbing character (?)" in err
     assert Store(pl.root).head("raw") is None  # all or nothing
 
