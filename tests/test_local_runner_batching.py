@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from fixtures_runner import make_files
 from pachyderm_local.batching import datum_sets
 from pachyderm_local.cli import main
 from pachyderm_local.datums import Datum, DatumInput
@@ -55,10 +56,7 @@ def batched_spec(
 
 
 def put(run, root: Path, folder: Path, files: dict[str, str]) -> None:
-    for name, text in files.items():
-        (folder / name).parent.mkdir(parents=True, exist_ok=True)
-        (folder / name).write_text(text)
-    assert run(root, "put-file", "raw", str(folder))[0] == 0
+    assert run(root, "put-file", "raw", str(make_files(folder, files)))[0] == 0
 
 
 def alive(pid: int) -> bool:

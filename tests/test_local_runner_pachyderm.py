@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 import pytest
+from fixtures_runner import make_files
 from pachyderm_local.cron_spec import CronSpecError, validate_cron_spec
 from pachyderm_local.datums import CommitView, plan_datums
 from pachyderm_local.globs import GlobError, check_glob, expand_glob, glob_matches
@@ -290,10 +291,7 @@ def test_globs_ohmyglob_cannot_compile_are_refused(bad):
 
 
 def test_list_datum_shows_the_datums_of_a_spec_without_running_it(pl, tmp_path):
-    src = tmp_path / "src"
-    for rel in ("a.csv", "sub/b.csv", "sub/c.txt"):
-        (src / rel).parent.mkdir(parents=True, exist_ok=True)
-        (src / rel).write_text(rel)
+    src = make_files(tmp_path / "src", {rel: rel for rel in ("a.csv", "sub/b.csv", "sub/c.txt")})
     assert pl("put-file", "raw", str(src))[0] == 0
     path = tmp_path / "p.json"
     path.write_text(json.dumps(spec(input={"pfs": {"repo": "raw", "glob": "/*"}})))

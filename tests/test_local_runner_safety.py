@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from fixtures_runner import write_spec
+from fixtures_runner import make_files, write_spec
 from pachyderm_local.cli import DISK_FULL_FAULT_ENV
 from pachyderm_local.store import Store
 
@@ -25,6 +25,13 @@ def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 30.0) 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+def put_x_csv(pl, tmp_path: Path) -> None:
+    """The one-file input most of these tests need: ``raw:x.csv``."""
+    src = tmp_path / "x.csv"
+    src.write_text("q\n")
+    pl("put-file", "raw:x.csv", str(src))
 
 
 def alive(pid: int) -> bool:
@@ -84,18 +91,13 @@ def test_put_file_cleans_a_path_as_pachyderm_does(pl, tmp_path):
 
 
 def test_put_file_of_a_folder_refuses_a_file_name_with_glob_characters(pl, tmp_path):
-    (tmp_path / "src").mkdir()
-    (tmp_path / "src" / "ok.csv").write_text("1")
-    (tmp_path / "src" / "what?.csv").write_text("2")
-    code, _, err = pl("put-file", "raw", str(tmp_path / "src"))
+    code, _, err = pl("put-file", "raw", str(make_files(tmp_path / "src", {"ok.csv": "1", "what?.csv": "2"})))
     assert code == 2 and "what?.csv" in err and "globbing character (?)" in err
     assert Store(pl.root).head("raw") is None  # all or nothing
 
 
 def test_reading_verbs_refuse_ids_and_paths_that_leave_the_store(pl, tmp_path):
-    src = tmp_path / "x.csv"
-    src.write_text("q\n")
-    pl("put-file", "raw:x.csv", str(src))
+    put_x_csv(pl, tmp_path)
     code, _, err = pl("get-file", "raw@../../etc:x.csv")
     assert code == 2 and "commit '../../etc' invalid" in err
     code, _, err = pl("get-file", "raw:../x.csv")
@@ -105,9 +107,7 @@ def test_reading_verbs_refuse_ids_and_paths_that_leave_the_store(pl, tmp_path):
 
 
 def test_an_input_name_cannot_map_pfs_outside_the_sandbox(pl, tmp_path):
-    src = tmp_path / "x.csv"
-    src.write_text("q\n")
-    pl("put-file", "raw:x.csv", str(src))
+    put_x_csv(pl, tmp_path)
     spec = write_spec(
         tmp_path, "esc", {"pfs": {"repo": "raw", "name": "../../x", "glob": "/*"}}, "ls /pfs > /pfs/out/ls"
     )
@@ -118,9 +118,7 @@ def test_an_input_name_cannot_map_pfs_outside_the_sandbox(pl, tmp_path):
 
 
 def test_a_hand_edited_commit_cannot_write_outside_the_sandbox(pl, tmp_path):
-    src = tmp_path / "x.csv"
-    src.write_text("q\n")
-    pl("put-file", "raw:x.csv", str(src))
+    put_x_csv(pl, tmp_path)
     store = Store(pl.root)
     head = store.head("raw")
     manifest = store.repo_dir("raw") / "commits" / f"{head.id}.json"
@@ -135,9 +133,7 @@ def test_a_hand_edited_commit_cannot_write_outside_the_sandbox(pl, tmp_path):
 
 
 def test_an_output_file_name_pfs_cannot_hold_fails_the_datum(pl, tmp_path):
-    src = tmp_path / "x.csv"
-    src.write_text("q\n")
-    pl("put-file", "raw:x.csv", str(src))
+    put_x_csv(pl, tmp_path)
     spec = write_spec(
         tmp_path, "globby", {"pfs": {"repo": "raw", "glob": "/"}}, "echo 1 > '/pfs/out/a*b'", datum_tries=1
     )
@@ -150,9 +146,7 @@ def test_an_output_file_name_pfs_cannot_hold_fails_the_datum(pl, tmp_path):
 
 
 def test_datum_timeout_kills_the_whole_process_group(pl, tmp_path):
-    src = tmp_path / "x.csv"
-    src.write_text("q\n")
-    pl("put-file", "raw:x.csv", str(src))
+    put_x_csv(pl, tmp_path)
     pids = tmp_path / "pids"
     script = f"sleep 300 & echo $! >> {pids}; sleep 300 & echo $! >> {pids}; echo $$ >> {pids}; wait"
     spec = write_spec(
@@ -167,9 +161,7 @@ def test_datum_timeout_kills_the_whole_process_group(pl, tmp_path):
 
 def test_background_children_are_killed_when_the_user_code_exits(pl, tmp_path):
     """Pachyderm kills the user code's process group when it returns, even after a success."""
-    src = tmp_path / "x.csv"
-    src.write_text("q\n")
-    pl("put-file", "raw:x.csv", str(src))
+    put_x_csv(pl, tmp_path)
     pids = tmp_path / "pids"
     spec = write_spec(
         tmp_path, "bg", {"pfs": {"repo": "raw", "glob": "/"}}, f"sleep 300 & echo $! >> {pids}; exit 0"
@@ -195,11 +187,7 @@ BATCHED_BLOCK_ON_F08 = (
 def test_sigkill_of_the_runner_leaves_no_process_and_the_next_run_keeps_finished_datums(
     pl, tmp_path, batched
 ):
-    src = tmp_path / "src"
-    src.mkdir()
-    for i in range(10):
-        (src / f"f{i:02d}").write_text(f"{i}\n")
-    pl("put-file", "raw", str(src))
+    pl("put-file", "raw", str(make_files(tmp_path / "src", {f"f{i:02d}": f"{i}\n" for i in range(10)})))
     pids, unblock = tmp_path / "pids", tmp_path / "unblock"
     spec = write_spec(
         tmp_path,
@@ -231,11 +219,7 @@ def test_sigkill_of_the_runner_leaves_no_process_and_the_next_run_keeps_finished
 
 
 def test_sigterm_ends_every_datum_process_and_marks_the_job_killed(pl, tmp_path):
-    src = tmp_path / "src"
-    src.mkdir()
-    for i in range(10):
-        (src / f"f{i:02d}").write_text(f"{i}\n")
-    pl("put-file", "raw", str(src))
+    pl("put-file", "raw", str(make_files(tmp_path / "src", {f"f{i:02d}": f"{i}\n" for i in range(10)})))
     pids = tmp_path / "pids"
     spec = write_spec(tmp_path, "copy", {"pfs": {"repo": "raw", "glob": "/*"}}, BLOCK_ON_F08)
     raw = json.loads(Path(spec).read_text())
@@ -259,11 +243,7 @@ def test_sigterm_ends_every_datum_process_and_marks_the_job_killed(pl, tmp_path)
 def test_a_full_disk_fails_the_job_with_one_line_removes_partial_files_and_a_rerun_completes(
     pl, tmp_path, monkeypatch
 ):
-    src = tmp_path / "src"
-    src.mkdir()
-    for name in ("a", "b", "c"):
-        (src / name).write_text(name)
-    pl("put-file", "raw", str(src))
+    pl("put-file", "raw", str(make_files(tmp_path / "src", {n: n for n in ("a", "b", "c")})))
     spec = write_spec(
         tmp_path,
         "big",
@@ -291,9 +271,7 @@ def test_a_full_disk_fails_the_job_with_one_line_removes_partial_files_and_a_rer
 
 def test_processes_started_by_the_runner_are_gone_after_a_normal_run(pl, tmp_path):
     """The group reaper ends with the run: nothing the runner started outlives it."""
-    src = tmp_path / "x.csv"
-    src.write_text("q\n")
-    pl("put-file", "raw:x.csv", str(src))
+    put_x_csv(pl, tmp_path)
     spec = write_spec(tmp_path, "ok", {"pfs": {"repo": "raw", "glob": "/"}}, "true")
     before = {p.name for p in Path("/proc").iterdir() if p.name.isdigit()}
     assert pl("run", spec)[0] == 0
@@ -311,9 +289,7 @@ def test_processes_started_by_the_runner_are_gone_after_a_normal_run(pl, tmp_pat
 
 def test_a_stray_dot_env_never_overrides_the_spec_env_and_is_named_without_values(pl, tmp_path, monkeypatch):
     """A ``.env`` may supply what the spec leaves to secrets and what it does not set, nothing else."""
-    src = tmp_path / "x.csv"
-    src.write_text("q\n")
-    pl("put-file", "raw:x.csv", str(src))
+    put_x_csv(pl, tmp_path)
     spec = write_spec(
         tmp_path,
         "envs",
@@ -352,11 +328,7 @@ def test_a_stray_dot_env_never_overrides_the_spec_env_and_is_named_without_value
 
 
 def test_job_timeout_kills_the_job_and_every_datum_process(pl, tmp_path):
-    src = tmp_path / "src"
-    src.mkdir()
-    for name in ("a", "b"):
-        (src / name).write_text(name)
-    pl("put-file", "raw", str(src))
+    pl("put-file", "raw", str(make_files(tmp_path / "src", {n: n for n in ("a", "b")})))
     pids = tmp_path / "pids"
     spec = write_spec(
         tmp_path,

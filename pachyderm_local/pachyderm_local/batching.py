@@ -35,7 +35,6 @@ from .procs import DatumCommand, GroupReaper, end_process, start_datum_process
 from .spec import PipelineSpec
 from .store import now
 
-SOCKET_ENV = "PACHYDERM_LOCAL_BATCHING_SOCKET"
 DATUM_SETS_PER_WORKER = 4  # transform/registry.go defaultDatumSetsPerWorker
 _POLL_S = 0.2
 
@@ -52,12 +51,12 @@ class BatchingLink:
     socket: str
 
 
-def write_pachctl(bin_dir: Path) -> Path:
-    """Install the stand-in ``pachctl`` (run by this interpreter) into ``bin_dir``."""
+def write_pachctl(bin_dir: Path, name: str = "pachctl", interpreter: str = sys.executable) -> Path:
+    """Install the stand-in ``pachctl`` into ``bin_dir`` as ``name``, run by ``interpreter``."""
     bin_dir.mkdir(parents=True, exist_ok=True)
     source = (Path(__file__).parent / "batching_pachctl.py").read_text(encoding="utf-8")
-    target = bin_dir / "pachctl"
-    target.write_text(f"#!{sys.executable}\n{source}", encoding="utf-8")
+    target = bin_dir / name
+    target.write_text(f"#!{interpreter}\n{source}", encoding="utf-8")
     target.chmod(0o755)
     return target
 

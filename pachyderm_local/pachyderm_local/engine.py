@@ -30,11 +30,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .batching import write_pachctl
+from .batching_pachctl import SOCKET_ENV
 from .pathmap import PathMap
 from .spec import PfsInput, PipelineSpec, leaf_inputs
 
 ENGINES = ("podman", "docker")
-SOCKET_ENV = "PACHYDERM_LOCAL_BATCHING_SOCKET"  # the same name batching.py sets
 SOCKET_MOUNT = "/run/pachyderm-local"
 _SYSTEM_FOLDERS = tuple(
     f"/{d}/" for d in ("usr", "lib", "lib64", "bin", "sbin", "etc", "opt", "proc", "sys", "dev")
@@ -156,7 +157,8 @@ def container_argv(args: argparse.Namespace, env: Mapping[str, str], name: str) 
             socket_dir = Path(value).parent
             socket_dir.chmod(0o711)
             Path(value).chmod(0o777)
-            pachctl = _container_pachctl(Path(next(iter(pairs))).parent)
+            folder = Path(next(iter(pairs))).parent
+            pachctl = write_pachctl(folder, "pachctl-in-container", "/usr/bin/env python3")  # image Python
             volumes += [f"{socket_dir}:{SOCKET_MOUNT}", f"{pachctl}:/usr/local/bin/pachctl:ro"]
             value = f"{SOCKET_MOUNT}/{Path(value).name}"
         elif value == env[key] and _names_host_path(value):
@@ -184,15 +186,6 @@ def _same_path_volumes(path: Path) -> list[str]:
     if path.is_dir() and not path.stat().st_mode & 0o001:
         return [f"{s}:{s}" for s in sorted(path.iterdir()) if stat.S_ISSOCK(s.stat().st_mode)]
     return [f"{path}:{path}:ro"]
-
-
-def _container_pachctl(folder: Path) -> Path:
-    """The stand-in ``pachctl`` with the image's own Python in its shebang."""
-    target = folder / "pachctl-in-container"
-    source = (Path(__file__).parent / "batching_pachctl.py").read_text(encoding="utf-8")
-    target.write_text(f"#!/usr/bin/env python3\n{source}", encoding="utf-8")
-    target.chmod(0o755)
-    return target
 
 
 def _watchdog(engine: str, name: str) -> int:

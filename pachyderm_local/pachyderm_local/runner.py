@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
 from .batching import (
-    SOCKET_ENV,
     BatchingLink,
     BatchWorker,
     DatumQueue,
@@ -31,6 +30,7 @@ from .batching import (
     datum_sets,
     write_pachctl,
 )
+from .batching_pachctl import SOCKET_ENV
 from .dag import downstream_of, pipeline_order
 from .datums import CommitView, Datum, plan_datums, split_done
 from .engine import ContainerEngine

@@ -73,11 +73,15 @@ def _temp_file(folder: Path) -> Iterator[str]:
             os.unlink(tmp)
 
 
-def _write_json(path: Path, data: Any) -> None:
+def _replace_text(path: Path, text: str) -> None:
+    """Write ``path`` whole or not at all: a reader never sees a half-written file."""
     with _temp_file(path.parent) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
+        Path(tmp).write_text(text, encoding="utf-8")
         os.replace(tmp, path)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    _replace_text(path, json.dumps(data, indent=1, sort_keys=True))
 
 
 def _read_json(path: Path) -> Any:
@@ -232,10 +236,7 @@ class Store:
                 "files": files,
             },
         )
-        ref = self.repo_dir(repo) / "master"
-        with _temp_file(ref.parent) as tmp:
-            Path(tmp).write_text(commit.id + "\n")
-            os.replace(tmp, ref)
+        _replace_text(self.repo_dir(repo) / "master", commit.id + "\n")
         return commit
 
     # -- jobs, datum results, logs ---------------------------------------------------------------
